@@ -1,0 +1,1 @@
+"""VelaCluster and other component resources (stacking the providers into a cluster)."""

@@ -1,0 +1,85 @@
+"""The error hierarchy of vela.
+
+Every error a user can meet derives from `VelaError` and carries a message that alone says what
+failed, where, and what to do: the Pulumi engine shows provider exceptions to the user as they
+are. Subclasses also inherit the matching builtin (ValueError, TimeoutError, ...) so callers can
+catch them the ordinary way.
+"""
+
+from __future__ import annotations
+
+
+class VelaError(Exception):
+    """Base of every error vela raises on purpose."""
+
+
+class InvalidValue(VelaError, ValueError):
+    """An input failed validation before anything was touched."""
+
+
+class HostError(VelaError):
+    """Something went wrong while talking to one host. `host` names it for the message."""
+
+    def __init__(self, host: str, message: str) -> None:
+        super().__init__(f"{host}: {message}")
+        self.host = host
+
+
+class HostUnreachable(HostError, ConnectionError):
+    """No SSH session could be set up: refused, timed out, name not resolved, no SSH banner."""
+
+
+class ConnectionLost(HostError, ConnectionError):
+    """The connection dropped while a command ran; whether the command finished is unknown."""
+
+
+class HostKeyError(HostError):
+    """The host's SSH key could not be trusted. Never silently accepted."""
+
+
+class UnknownHostKey(HostKeyError):
+    """The host presented a key that is not pinned and not in the known_hosts file."""
+
+
+class HostKeyMismatch(HostKeyError):
+    """The host presented a key different from the pinned or known one."""
+
+
+class AuthenticationFailed(HostError, PermissionError):
+    """The host refused our client key(s)."""
+
+
+class ClientKeyError(VelaError, ValueError):
+    """The client private key could not be loaded (bad file, bad passphrase, empty agent)."""
+
+
+class CommandFailed(HostError):
+    """A command on a host exited non-zero. Carries everything needed to understand why."""
+
+    def __init__(self, host: str, command: str, exit_code: int, stdout: str, stderr: str,
+                 reason: str | None = None) -> None:
+        detail = stderr.strip() or stdout.strip() or "(no output)"
+        if len(detail) > 2000:
+            detail = "..." + detail[-2000:]
+        why = reason or f"exited with status {exit_code}"
+        super().__init__(host, f"command {_shorten(command)} {why}:\n{detail}")
+        self.command = command
+        self.exit_code = exit_code
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+class CommandTimeout(CommandFailed, TimeoutError):
+    """A command ran past its deadline and was killed (on the host, with its children)."""
+
+
+class FactsError(HostError):
+    """The hardware facts of a host could not be read or made sense of."""
+
+
+def _shorten(command: str, limit: int = 300) -> str:
+    """Quote a command for a message, cutting the middle of very long ones (scripts)."""
+    one_line = " ".join(command.split())
+    if len(one_line) > limit:
+        one_line = one_line[: limit // 2] + " ... " + one_line[-limit // 2:]
+    return f"`{one_line}`"

@@ -1,0 +1,30 @@
+"""Hardware facts of a hypervisor host, gathered in one round trip.
+
+`gather_facts(host)` runs `gather.sh` through `Host.run_script` (one exec, over SSH or locally)
+and parses its output with the pure functions in `parse`. Providers plan from the `HostFacts` it
+returns and never read the host piecemeal.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from ..errors import FactsError
+from ..host import Host
+from .models import HostFacts, HugePagePool, Iommu, NumaNode, PciDevice, VirtualFunction
+from .parse import GatherOutputError, parse_gather_output
+
+GATHER_SCRIPT = resources.files(__package__).joinpath("gather.sh").read_text()
+
+
+def gather_facts(host: Host, *, timeout: float = 120.0) -> HostFacts:
+    """Everything vela needs to know about `host`, from one remote command."""
+    result = host.run_script(GATHER_SCRIPT, [host.sysroot], timeout=timeout)
+    try:
+        return parse_gather_output(result.text)
+    except GatherOutputError as exc:
+        raise FactsError(host.name, f"cannot read hardware facts: {exc}") from exc
+
+
+__all__ = ["GATHER_SCRIPT", "HostFacts", "HugePagePool", "Iommu", "NumaNode", "PciDevice",
+           "VirtualFunction", "gather_facts", "parse_gather_output"]

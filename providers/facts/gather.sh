@@ -1,0 +1,93 @@
+# Gather every hardware fact vela needs from a Linux host, in one exec.
+#
+# Usage: sh -s -- ROOT < gather.sh     (ROOT is "/" on a real host, a fake tree in tests)
+#
+# Prints one record per line: KIND <TAB> SUBJECT <TAB> FIELD <TAB> VALUE. Parsed by
+# providers/facts/parse.py; change both together. Reads only; writes nothing. Uses shell
+# builtins wherever it can (a real host has hundreds of PCI functions): one `base64` per PCI
+# function and two `find` runs for every sysfs link are the only processes it starts.
+set -u
+R=${1:-/}
+R=${R%/}
+
+emit() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4"; }
+
+# first_line FILE: sets $v to the first line of FILE, empty when missing or unreadable.
+first_line() { v=; [ -r "$1" ] && { IFS= read -r v < "$1" || :; } 2>/dev/null; :; }
+
+emit meta - format 1
+
+# -- host ---------------------------------------------------------------------------------------
+first_line "$R/proc/sys/kernel/hostname"; emit host - hostname "$v"
+first_line "$R/proc/sys/kernel/osrelease"; emit host - kernel "$v"
+first_line "$R/proc/cmdline"; emit host - cmdline "$v"
+if [ -r "$R/proc/cpuinfo" ]; then
+  while IFS= read -r line; do
+    case $line in vendor_id*) emit host - cpu_vendor "${line#*: }"; break ;; esac
+  done < "$R/proc/cpuinfo"
+fi
+if [ -r "$R/proc/meminfo" ]; then
+  while read -r key value _unit; do
+    case $key in MemTotal:|Hugepagesize:) emit meminfo - "${key%:}" "$value" ;; esac
+  done < "$R/proc/meminfo"
+fi
+
+# -- IOMMU: the ACPI table the firmware published, the units the kernel brought up, the groups --
+for table in DMAR IVRS; do
+  [ -e "$R/sys/firmware/acpi/tables/$table" ] && emit iommu - acpi_table "$table"
+done
+for unit in "$R"/sys/class/iommu/*; do
+  [ -e "$unit" ] && emit iommu - unit "${unit##*/}"
+done
+groups=0
+for group in "$R"/sys/kernel/iommu_groups/*; do
+  [ -e "$group" ] && groups=$((groups + 1))
+done
+emit iommu - groups "$groups"
+
+# -- NUMA nodes, their memory and huge pages ----------------------------------------------------
+for node in "$R"/sys/devices/system/node/node[0-9]*; do
+  [ -d "$node" ] || continue
+  id=${node##*/node}
+  # cpulist is a binary sysfs attribute on recent kernels: it answers a 1-byte read (the way
+  # `read` consumes input) with end-of-file, so it needs a real reader.
+  emit node "$id" cpulist "$(cat "$node/cpulist" 2>/dev/null)"
+  if [ -r "$node/meminfo" ]; then
+    while read -r _node _id key value _unit; do
+      [ "$key" = MemTotal: ] && emit node "$id" memtotal_kib "$value"
+    done < "$node/meminfo"
+  fi
+  for pool in "$node"/hugepages/hugepages-*kB; do
+    [ -d "$pool" ] || continue
+    first_line "$pool/nr_hugepages"; total=$v
+    first_line "$pool/free_hugepages"
+    size=${pool##*/hugepages-}
+    emit node "$id" hugepages "${size%kB} $total $v"
+  done
+done
+
+# -- PCI functions ------------------------------------------------------------------------------
+for dev in "$R"/sys/bus/pci/devices/*; do
+  [ -e "$dev" ] || continue
+  addr=${dev##*/}
+  for attr in vendor device class subsystem_vendor subsystem_device numa_node \
+              sriov_totalvfs sriov_numvfs driver_override; do
+    [ -e "$dev/$attr" ] || continue
+    first_line "$dev/$attr"; emit pci "$addr" "$attr" "$v"
+  done
+  for netdev in "$dev"/net/*; do
+    [ -e "$netdev" ] && emit pci "$addr" net "${netdev##*/}"
+  done
+  if [ -r "$dev/config" ]; then
+    emit pci "$addr" config "$(base64 -w0 < "$dev/config" 2>/dev/null)"
+  fi
+done
+# Where each function sits in the tree (its chain of upstream bridges) and its driver, IOMMU
+# group and SR-IOV links, all from two processes.
+if [ -d "$R/sys/bus/pci/devices" ]; then
+  find "$R/sys/bus/pci/devices/" -mindepth 1 -maxdepth 1 -type l -printf "pci\t%f\tsysfs_path\t%l\n"
+  set -- "$R"/sys/bus/pci/devices/*
+  [ -e "$1" ] && find -H "$@" -mindepth 1 -maxdepth 1 -type l \( -name driver -o \
+    -name iommu_group -o -name physfn -o -name 'virtfn*' \) -printf "pcilink\t%h\t%f\t%l\n"
+fi
+emit meta - end ok

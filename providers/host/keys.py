@@ -1,0 +1,234 @@
+"""SSH keys: where our client key comes from, and which host keys we trust.
+
+Client keys come from a file, an SSH agent, or a secret string. A secret string stays in memory;
+the only time it touches disk is `SecretKey.temporary_file()`, for tools that insist on a path
+(libvirt's qemu+ssh), as a 0600 file in a private directory, removed on exit.
+
+Host keys are trusted only when pinned (OpenSSH public key lines, from config) or present in a
+known_hosts file. An unknown or changed key is refused with a message that says how to pin it;
+nothing is ever added on first use.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+
+import paramiko
+
+from ..errors import ClientKeyError, HostKeyMismatch, InvalidValue, UnknownHostKey
+
+_KEY_CLASSES = (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey)
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH's SHA256 fingerprint (`ssh-keygen -lf` prints the same)."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def public_line(key: paramiko.PKey) -> str:
+    """The key as one OpenSSH public key line without comment, the form used for pinning."""
+    return f"{key.get_name()} {key.get_base64()}"
+
+
+def _algorithms(key: paramiko.PKey) -> list[str]:
+    """Host key algorithms that prove possession of `key` (RSA keys sign with SHA-2 variants)."""
+    if isinstance(key, paramiko.RSAKey):
+        return ["rsa-sha2-512", "rsa-sha2-256"]
+    return [key.get_name()]
+
+
+# -- client keys -------------------------------------------------------------------------------
+
+class ClientKey(ABC):
+    """Where the private key(s) used to log in come from."""
+
+    @abstractmethod
+    def load(self) -> list[paramiko.PKey]:
+        """The candidate keys, tried in order. Raises `ClientKeyError` if there are none."""
+
+    @abstractmethod
+    def identity(self) -> str:
+        """A non-secret string that tells this key source apart (used to share connections)."""
+
+
+class KeyFile(ClientKey):
+    """A private key file (OpenSSH or PEM format), optionally passphrase-protected."""
+
+    def __init__(self, path: str, passphrase: str | None = None) -> None:
+        self.path = os.path.expanduser(path)
+        self._passphrase = passphrase
+
+    def load(self) -> list[paramiko.PKey]:
+        try:
+            return [paramiko.PKey.from_path(self.path, self._passphrase)]
+        except FileNotFoundError as exc:
+            raise ClientKeyError(f"private key file {self.path} does not exist") from exc
+        except paramiko.PasswordRequiredException as exc:
+            raise ClientKeyError(f"private key {self.path} is encrypted: give its passphrase")\
+                from exc
+        except (paramiko.SSHException, ValueError, OSError) as exc:
+            raise ClientKeyError(f"cannot load private key {self.path}: {exc}") from exc
+
+    def identity(self) -> str:
+        return f"file:{self.path}"
+
+
+class AgentKeys(ClientKey):
+    """Every key the SSH agent at $SSH_AUTH_SOCK holds."""
+
+    def load(self) -> list[paramiko.PKey]:
+        keys = list(paramiko.Agent().get_keys())
+        if not keys:
+            where = os.environ.get("SSH_AUTH_SOCK")
+            raise ClientKeyError(
+                "the SSH agent holds no keys" + (f" (SSH_AUTH_SOCK={where})" if where else
+                                                 " (SSH_AUTH_SOCK is not set: no agent runs)")
+                + ": add one with `ssh-add`, or configure a key file or a secret key instead")
+        return keys
+
+    def identity(self) -> str:
+        return f"agent:{os.environ.get('SSH_AUTH_SOCK', '')}"
+
+
+class SecretKey(ClientKey):
+    """A private key given as text (a Pulumi secret). Kept in memory only."""
+
+    def __init__(self, text: str, passphrase: str | None = None) -> None:
+        if not isinstance(text, str) or "PRIVATE KEY" not in text:
+            raise ClientKeyError("the secret SSH key is not a private key: expected the text of "
+                                 "a file such as ~/.ssh/id_ed25519 (-----BEGIN ... PRIVATE KEY)")
+        self._text = text
+        self._passphrase = passphrase
+        self._key: paramiko.PKey | None = None
+
+    def load(self) -> list[paramiko.PKey]:
+        if self._key is None:
+            self._key = _key_from_text(self._text, self._passphrase)
+        return [self._key]
+
+    def identity(self) -> str:
+        return "secret:" + fingerprint(self.load()[0])
+
+    @contextlib.contextmanager
+    def temporary_file(self) -> Iterator[str]:
+        """The key as a 0600 file in a private 0700 directory, removed when the block ends."""
+        directory = tempfile.mkdtemp(prefix="vela-key-")
+        path = os.path.join(directory, "id")
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(self._text if self._text.endswith("\n") else self._text + "\n")
+            yield path
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def __repr__(self) -> str:
+        return "SecretKey(<hidden>)"
+
+    def __getstate__(self) -> dict:
+        # Refuse to be pickled into a provider's state: the key would land there in plain text.
+        raise TypeError("a SecretKey must never be pickled; pass the secret through config")
+
+
+def _key_from_text(text: str, passphrase: str | None) -> paramiko.PKey:
+    errors = []
+    for cls in _KEY_CLASSES:
+        try:
+            return cls.from_private_key(io.StringIO(text), passphrase)
+        except paramiko.PasswordRequiredException as exc:
+            raise ClientKeyError("the secret SSH key is encrypted: give its passphrase") from exc
+        except (paramiko.SSHException, ValueError) as exc:
+            errors.append(f"{cls.__name__}: {exc}")
+    raise ClientKeyError("cannot load the secret SSH key as Ed25519, ECDSA or RSA ("
+                         + "; ".join(errors) + ")")
+
+
+# -- host keys ---------------------------------------------------------------------------------
+
+def parse_public_key(line: str) -> paramiko.PKey:
+    """Parse one OpenSSH public key line (`ssh-ed25519 AAAA... [comment]`)."""
+    parts = line.split()
+    if len(parts) < 2:
+        raise InvalidValue(f"{line!r} is not an SSH public key: expected '<type> <base64>', for "
+                           f"example the output of `ssh-keyscan` without the host name")
+    try:
+        return paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1], validate=True))
+    except Exception as exc:  # paramiko raises several unrelated types for bad blobs
+        raise InvalidValue(f"{line[:60]!r}... is not a valid {parts[0]} public key: {exc}")\
+            from exc
+
+
+def known_hosts_name(address: str, port: int) -> str:
+    """How OpenSSH names a host in known_hosts."""
+    bracketed = f"[{address}]" if ":" in address or port != 22 else address
+    return bracketed if port == 22 else f"{bracketed}:{port}"
+
+
+class HostKeyCheck:
+    """The keys a host may present: pinned keys, else the matching known_hosts entries."""
+
+    def __init__(self, pinned: Sequence[str] = (), known_hosts: str | None = None) -> None:
+        self.pinned = [parse_public_key(line) for line in pinned]
+        self.known_hosts = os.path.expanduser(known_hosts or "~/.ssh/known_hosts")
+
+    def expected(self, address: str, port: int) -> list[paramiko.PKey]:
+        if self.pinned:
+            return self.pinned
+        table = paramiko.HostKeys()
+        if os.path.exists(self.known_hosts):
+            try:
+                table.load(self.known_hosts)
+            except (OSError, paramiko.SSHException) as exc:
+                raise InvalidValue(f"cannot read known_hosts file {self.known_hosts}: {exc}")\
+                    from exc
+        entry = table.lookup(known_hosts_name(address, port))
+        return list(entry.values()) if entry else []
+
+    @staticmethod
+    def algorithms(expected: Sequence[paramiko.PKey]) -> list[str]:
+        """Host key algorithms to offer, so the server proves the key we know (not another)."""
+        names: list[str] = []
+        for key in expected:
+            names.extend(name for name in _algorithms(key) if name not in names)
+        return names
+
+    def source(self) -> str:
+        return "pinned" if self.pinned else f"in {self.known_hosts}"
+
+    def verify(self, host: str, address: str, port: int, offered: paramiko.PKey,
+               expected: Sequence[paramiko.PKey]) -> None:
+        if any(offered.asbytes() == key.asbytes() for key in expected):
+            return
+        pin = public_line(offered)
+        if not expected:
+            raise UnknownHostKey(host, (
+                f"refusing to connect: the host key of {known_hosts_name(address, port)} is not "
+                f"trusted. It offered {offered.get_name()} {fingerprint(offered)}. Check that "
+                f"fingerprint out of band (on the host: `ssh-keygen -lf "
+                f"/etc/ssh/ssh_host_{_file_stem(offered)}_key.pub`), then pin it by setting the "
+                f"node's host key to '{pin}' (or add '{known_hosts_name(address, port)} {pin}' "
+                f"to {self.known_hosts}). Nothing was run."))
+        known = ", ".join(f"{key.get_name()} {fingerprint(key)}" for key in expected)
+        raise HostKeyMismatch(host, (
+            f"HOST KEY CHANGED, refusing to connect: {known_hosts_name(address, port)} offered "
+            f"{offered.get_name()} {fingerprint(offered)}, but the key {self.source()} is {known}. "
+            f"Either the host was reinstalled or someone is intercepting the connection. Only if "
+            f"you have verified a reinstall, replace the pinned key with '{pin}'. Nothing was run."))
+
+
+def _file_stem(key: paramiko.PKey) -> str:
+    name = key.get_name()
+    if "ed25519" in name:
+        return "ed25519"
+    if "ecdsa" in name:
+        return "ecdsa"
+    return "rsa"

@@ -1,0 +1,257 @@
+"""A host reached over SSH (paramiko), with one shared connection per host per process.
+
+The Pulumi provider process runs up to 4 provider calls at once, often against the same host, so
+`SshHost` objects are cheap handles onto a process-wide pool: each distinct (address, port, user,
+trusted keys, client key) gets one SSH transport, and every command is a new channel on it. A
+dropped connection is re-established at the next command; a command that was running when it
+dropped fails with `ConnectionLost` (whether it finished is unknown, so it is never re-run).
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+import time
+from collections.abc import Sequence
+
+import paramiko
+
+from ..errors import (AuthenticationFailed, ClientKeyError, CommandTimeout, ConnectionLost,
+                      HostKeyMismatch, HostUnreachable, VelaError)
+from ..validate import host_address, port_number, user_name
+from .base import CommandResult, Host
+from .keys import ClientKey, HostKeyCheck, fingerprint, known_hosts_name
+
+_READ_CHUNK = 1 << 16
+
+
+class _Connection:
+    """One SSH transport to one host, shared by threads and reconnected when it drops."""
+
+    def __init__(self, host: "SshHost") -> None:
+        self._spec = host  # address, port, user, keys and timeouts; never its sysroot
+        self._lock = threading.Lock()
+        self._transport: paramiko.Transport | None = None
+        self.connects = 0
+        self.execs = 0
+
+    def open_channel(self) -> paramiko.Channel:
+        transport = self._live_transport()
+        try:
+            return transport.open_session(timeout=self._spec.connect_timeout)
+        except (paramiko.SSHException, EOFError, OSError):
+            # The transport died between the liveness check and the request (the host rebooted,
+            # sshd restarted, a NAT dropped us). No command was sent yet, so reconnect and retry.
+            self._drop(transport)
+            transport = self._live_transport()
+            try:
+                return transport.open_session(timeout=self._spec.connect_timeout)
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                self._drop(transport)
+                raise ConnectionLost(self._spec.name, f"cannot open an SSH session: {exc}")\
+                    from exc
+
+    def drop_if_dead(self) -> None:
+        with self._lock:
+            if self._transport is not None and not self._transport.is_active():
+                self._transport.close()
+                self._transport = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._transport is not None:
+                self._transport.close()
+                self._transport = None
+
+    def _drop(self, transport: paramiko.Transport) -> None:
+        with self._lock:
+            if self._transport is transport:
+                transport.close()
+                self._transport = None
+
+    def _live_transport(self) -> paramiko.Transport:
+        with self._lock:
+            if self._transport is None or not self._transport.is_active():
+                if self._transport is not None:
+                    self._transport.close()
+                self._transport = self._connect()
+                self.connects += 1
+            return self._transport
+
+    def _connect(self) -> paramiko.Transport:
+        spec = self._spec
+        where = f"{spec.address}:{spec.port}"
+        expected = spec.host_keys.expected(spec.address, spec.port)
+        try:
+            sock = socket.create_connection((spec.address, spec.port), spec.connect_timeout)
+        except socket.timeout as exc:
+            raise HostUnreachable(spec.name, (
+                f"no answer from {where} within {spec.connect_timeout:g} s: check the address, "
+                f"that the host is up and that no firewall drops SSH")) from exc
+        except OSError as exc:
+            raise HostUnreachable(spec.name, (
+                f"cannot reach {where}: {exc.strerror or exc}. Check the address and port and "
+                f"that sshd runs on the host")) from exc
+        transport = paramiko.Transport(sock)
+        try:
+            if expected:
+                transport.get_security_options().key_types = HostKeyCheck.algorithms(expected)
+            transport.banner_timeout = spec.connect_timeout
+            transport.handshake_timeout = spec.connect_timeout
+            self._handshake(transport, expected, where)
+            spec.host_keys.verify(spec.name, spec.address, spec.port,
+                                  transport.get_remote_server_key(), expected)
+            self._authenticate(transport)
+            transport.set_keepalive(15)
+            return transport
+        except BaseException:
+            transport.close()
+            raise
+
+    def _handshake(self, transport: paramiko.Transport, expected: list, where: str) -> None:
+        spec = self._spec
+        try:
+            transport.start_client(timeout=spec.connect_timeout)
+        except paramiko.IncompatiblePeer as exc:
+            if expected:
+                raise HostKeyMismatch(spec.name, (
+                    f"{where} offers none of the host key types {spec.host_keys.source()} "
+                    f"({', '.join(sorted({key.get_name() for key in expected}))}): the host was "
+                    f"probably reinstalled or is not the host you pinned. Refusing to connect; "
+                    f"nothing was run.")) from exc
+            raise HostUnreachable(spec.name, f"SSH negotiation with {where} failed: {exc}")\
+                from exc
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise HostUnreachable(spec.name, (
+                f"{where} did not complete an SSH handshake within {spec.connect_timeout:g} s "
+                f"({exc or type(exc).__name__}): is it an SSH server?")) from exc
+
+    def _authenticate(self, transport: paramiko.Transport) -> None:
+        spec = self._spec
+        keys = spec.client_key.load()
+        for key in keys:
+            try:
+                transport.auth_publickey(spec.user, key)
+            except paramiko.AuthenticationException:
+                continue
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                raise HostUnreachable(spec.name, f"connection dropped during login: {exc}")\
+                    from exc
+            if transport.is_authenticated():
+                return
+        tried = ", ".join(fingerprint(key) for key in keys)
+        raise AuthenticationFailed(spec.name, (
+            f"{spec.address}:{spec.port} refused the key(s) {tried} for user {spec.user!r}: add "
+            f"the matching public key to ~{spec.user}/.ssh/authorized_keys on the host, or "
+            f"configure the private key that is already there"))
+
+
+_POOL: dict[tuple, _Connection] = {}
+_POOL_LOCK = threading.Lock()
+
+
+def close_all_connections() -> None:
+    """Close every pooled connection of this process (tests, and the end of a program)."""
+    with _POOL_LOCK:
+        connections = list(_POOL.values())
+        _POOL.clear()
+    for connection in connections:
+        connection.close()
+
+
+class SshHost(Host):
+    """A host reached over SSH. Construct freely: instances share pooled connections."""
+
+    def __init__(self, address: str, *, client_key: ClientKey, port: int = 22,
+                 user: str = "root", pinned_host_keys: Sequence[str] = (),
+                 known_hosts: str | None = None, sysroot: str = "/", name: str | None = None,
+                 connect_timeout: float = 15.0, sudo: bool | None = None) -> None:
+        self.address = host_address(address)
+        self.port = port_number(port)
+        self.user = user_name(user)
+        if not isinstance(client_key, ClientKey):
+            raise ClientKeyError("an SSH host needs a client key (a key file, the agent, or a "
+                                 "secret key)")
+        self.client_key = client_key
+        self.host_keys = HostKeyCheck(pinned_host_keys, known_hosts)
+        self.connect_timeout = float(connect_timeout)
+        label = name or f"{self.user}@{known_hosts_name(self.address, self.port)}"
+        super().__init__(label, sysroot, self.user != "root" if sudo is None else sudo)
+        self._pool_key = (self.address, self.port, self.user,
+                          tuple(key.asbytes() for key in self.host_keys.pinned),
+                          self.host_keys.known_hosts, client_key.identity())
+
+    @property
+    def connection(self) -> _Connection:
+        with _POOL_LOCK:
+            connection = _POOL.get(self._pool_key)
+            if connection is None:
+                connection = _POOL[self._pool_key] = _Connection(self)
+            return connection
+
+    def _execute(self, command: str, stdin: bytes | None, deadline: float) -> CommandResult:
+        connection = self.connection
+        channel = connection.open_channel()
+        connection.execs += 1
+        try:
+            channel.exec_command(command)
+            feeder = _feed_stdin(channel, stdin)
+            stdout, stderr, status = self._collect(channel, command, deadline)
+            feeder.join(timeout=1.0)
+        except VelaError:
+            raise
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            connection.drop_if_dead()
+            raise ConnectionLost(self.name, (
+                f"the connection dropped while running {command[:200]!r}; it may or may not "
+                f"have finished. The next command reconnects.")) from exc
+        finally:
+            channel.close()
+        return CommandResult(command, status, stdout, stderr)
+
+    def _collect(self, channel: paramiko.Channel, command: str,
+                 deadline: float) -> tuple[bytes, bytes, int]:
+        stdout, stderr = bytearray(), bytearray()
+        give_up = time.monotonic() + deadline
+        while True:
+            while channel.recv_ready():
+                stdout += channel.recv(_READ_CHUNK)
+            while channel.recv_stderr_ready():
+                stderr += channel.recv_stderr(_READ_CHUNK)
+            if channel.exit_status_ready() and not channel.recv_ready() \
+                    and not channel.recv_stderr_ready() and channel.eof_received:
+                return bytes(stdout), bytes(stderr), channel.recv_exit_status()
+            if channel.closed or not channel.get_transport().is_active():
+                if channel.exit_status_ready():
+                    return bytes(stdout), bytes(stderr), channel.recv_exit_status()
+                raise EOFError("channel closed before the command exited")
+            remaining = give_up - time.monotonic()
+            if remaining <= 0:
+                raise CommandTimeout(self.name, command, -1, stdout.decode(errors="replace"),
+                                     stderr.decode(errors="replace"),
+                                     reason=f"did not return within {deadline:g} s")
+            select.select([channel], [], [], min(remaining, 1.0))
+
+    def close(self) -> None:
+        with _POOL_LOCK:
+            connection = _POOL.pop(self._pool_key, None)
+        if connection is not None:
+            connection.close()
+
+
+def _feed_stdin(channel: paramiko.Channel, data: bytes | None) -> threading.Thread:
+    """Send stdin from a thread: a command that writes a lot before reading all of its input
+    would otherwise deadlock against us."""
+
+    def feed() -> None:
+        try:
+            if data:
+                channel.sendall(data)
+            channel.shutdown_write()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass  # the command exited early or the connection dropped; _collect reports it
+
+    thread = threading.Thread(target=feed, name="ssh-stdin", daemon=True)
+    thread.start()
+    return thread
