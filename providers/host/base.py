@@ -110,13 +110,15 @@ class Host(ABC):
 
     def write_file(self, path: str, data: bytes, *, mode: int = 0o644, atomic: bool = True,
                    timeout: float = 60.0) -> None:
-        """Write a file. Atomic writes go through a temp file and rename, so a reader or a crash
-        never sees half a file; sysfs attributes need `atomic=False` (a plain write)."""
+        """Write a file, creating missing parent directories. Atomic writes go through a temp
+        file and rename, so a reader or a crash never sees half a file; sysfs attributes need
+        `atomic=False` (a plain write into the existing attribute)."""
         target = self.path(path)
         if not atomic:
             self.run(["sh", "-c", 'cat > "$1"', "sh", target], stdin=data, timeout=timeout)
             return
-        script = ('umask 077; tmp=$(mktemp "$1.vela-XXXXXX") || exit 1; '
+        script = ('mkdir -p -- "${1%/*}" || exit 1; umask 077; '
+                  'tmp=$(mktemp "$1.vela-XXXXXX") || exit 1; '
                   'if cat > "$tmp" && chmod "$2" "$tmp" && mv -f "$tmp" "$1"; then exit 0; fi; '
                   'rm -f "$tmp"; exit 1')
         self.run(["sh", "-c", script, "sh", target, f"{mode:o}"], stdin=data, timeout=timeout)

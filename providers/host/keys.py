@@ -66,20 +66,29 @@ class KeyFile(ClientKey):
     def __init__(self, path: str, passphrase: str | None = None) -> None:
         self.path = os.path.expanduser(path)
         self._passphrase = passphrase
+        self._key: paramiko.PKey | None = None
 
     def load(self) -> list[paramiko.PKey]:
+        if self._key is None:
+            self._key = self._read()
+        return [self._key]
+
+    def _read(self) -> paramiko.PKey:
+        passphrase = self._passphrase.encode() if self._passphrase is not None else None
         try:
-            return [paramiko.PKey.from_path(self.path, self._passphrase)]
+            return paramiko.PKey.from_path(self.path, passphrase)
         except FileNotFoundError as exc:
             raise ClientKeyError(f"private key file {self.path} does not exist") from exc
-        except paramiko.PasswordRequiredException as exc:
+        except (paramiko.PasswordRequiredException, TypeError) as exc:
+            # cryptography signals a missing passphrase with TypeError.
             raise ClientKeyError(f"private key {self.path} is encrypted: give its passphrase")\
                 from exc
         except (paramiko.SSHException, ValueError, OSError) as exc:
-            raise ClientKeyError(f"cannot load private key {self.path}: {exc}") from exc
+            raise ClientKeyError(f"cannot load private key {self.path} (wrong passphrase or "
+                                 f"not a private key): {exc}") from exc
 
     def identity(self) -> str:
-        return f"file:{self.path}"
+        return "file:" + fingerprint(self.load()[0])
 
 
 class AgentKeys(ClientKey):
@@ -144,7 +153,7 @@ def _key_from_text(text: str, passphrase: str | None) -> paramiko.PKey:
     for cls in _KEY_CLASSES:
         try:
             return cls.from_private_key(io.StringIO(text), passphrase)
-        except paramiko.PasswordRequiredException as exc:
+        except (paramiko.PasswordRequiredException, TypeError) as exc:
             raise ClientKeyError("the secret SSH key is encrypted: give its passphrase") from exc
         except (paramiko.SSHException, ValueError) as exc:
             errors.append(f"{cls.__name__}: {exc}")

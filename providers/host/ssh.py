@@ -113,6 +113,9 @@ class _Connection:
         spec = self._spec
         try:
             transport.start_client(timeout=spec.connect_timeout)
+            if not transport.is_active() or not transport.initial_kex_done:
+                # start_client returns quietly when its timeout passes mid-negotiation.
+                raise paramiko.SSHException("no SSH key exchange")
         except paramiko.IncompatiblePeer as exc:
             if expected:
                 raise HostKeyMismatch(spec.name, (
@@ -219,19 +222,26 @@ class SshHost(Host):
                 stdout += channel.recv(_READ_CHUNK)
             while channel.recv_stderr_ready():
                 stderr += channel.recv_stderr(_READ_CHUNK)
-            if channel.exit_status_ready() and not channel.recv_ready() \
-                    and not channel.recv_stderr_ready() and channel.eof_received:
-                return bytes(stdout), bytes(stderr), channel.recv_exit_status()
+            finished = channel.exit_status_ready() and channel.eof_received
+            if finished and not channel.recv_ready() and not channel.recv_stderr_ready():
+                return bytes(stdout), bytes(stderr), self._exit_status(channel)
             if channel.closed or not channel.get_transport().is_active():
-                if channel.exit_status_ready():
-                    return bytes(stdout), bytes(stderr), channel.recv_exit_status()
-                raise EOFError("channel closed before the command exited")
+                return bytes(stdout), bytes(stderr), self._exit_status(channel)
             remaining = give_up - time.monotonic()
             if remaining <= 0:
                 raise CommandTimeout(self.name, command, -1, stdout.decode(errors="replace"),
                                      stderr.decode(errors="replace"),
                                      reason=f"did not return within {deadline:g} s")
             select.select([channel], [], [], min(remaining, 1.0))
+
+    @staticmethod
+    def _exit_status(channel: paramiko.Channel) -> int:
+        # paramiko reports -1 when the channel closed without an exit status: the connection
+        # went away under the command.
+        status = channel.recv_exit_status() if channel.exit_status_ready() else -1
+        if status == -1:
+            raise EOFError("the channel closed before the command reported its exit status")
+        return status
 
     def close(self) -> None:
         with _POOL_LOCK:
