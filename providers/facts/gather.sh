@@ -4,8 +4,9 @@
 #
 # Prints one record per line: KIND <TAB> SUBJECT <TAB> FIELD <TAB> VALUE. Parsed by
 # providers/facts/parse.py; change both together. Reads only; writes nothing. Uses shell
-# builtins wherever it can (a real host has hundreds of PCI functions): one `base64` per PCI
-# function and two `find` runs for every sysfs link are the only processes it starts.
+# builtins wherever it can (a real host has hundreds of PCI functions): a handful of processes
+# in all (gzip and base64 for every config space at once, two `find` runs for every sysfs link,
+# one `cat` per NUMA node), however many devices there are.
 set -u
 R=${1:-/}
 R=${R%/}
@@ -67,6 +68,8 @@ for node in "$R"/sys/devices/system/node/node[0-9]*; do
 done
 
 # -- PCI functions ------------------------------------------------------------------------------
+set --
+order=
 for dev in "$R"/sys/bus/pci/devices/*; do
   [ -e "$dev" ] || continue
   addr=${dev##*/}
@@ -79,9 +82,15 @@ for dev in "$R"/sys/bus/pci/devices/*; do
     [ -e "$netdev" ] && emit pci "$addr" net "${netdev##*/}"
   done
   if [ -r "$dev/config" ]; then
-    emit pci "$addr" config "$(base64 -w0 < "$dev/config" 2>/dev/null)"
+    set -- "$@" "$dev/config"
+    order="$order $addr"
   fi
 done
+# Config spaces are mostly zeros: one gzip member per function (in `order`), all in one stream.
+if [ $# -gt 0 ]; then
+  emit pci - config_order "${order# }"
+  emit pci - config_gzip "$(gzip -n -1 -c -- "$@" | base64 -w0)"
+fi
 # Where each function sits in the tree (its chain of upstream bridges) and its driver, IOMMU
 # group and SR-IOV links, all from two processes.
 if [ -d "$R/sys/bus/pci/devices" ]; then

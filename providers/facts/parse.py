@@ -10,6 +10,7 @@ import base64
 import binascii
 import posixpath
 import re
+import zlib
 from collections import defaultdict
 
 from .models import HostFacts, HugePagePool, Iommu, NumaNode, PciDevice, VirtualFunction
@@ -48,6 +49,7 @@ def parse_gather_output(text: str) -> HostFacts:
     attributes: dict[str, dict[str, str]] = defaultdict(dict)
     nets: dict[str, list[str]] = defaultdict(list)
     links: dict[str, dict[str, str]] = defaultdict(dict)
+    configs: dict[str, str] = {}
     for kind, subject, field, value in records:
         if kind == "host" and field in {"hostname", "kernel", "cmdline", "cpu_vendor"}:
             setattr(facts, field, value)
@@ -60,14 +62,17 @@ def parse_gather_output(text: str) -> HostFacts:
                   value)
         elif kind == "pci" and field == "net":
             nets[subject].append(value)
+        elif kind == "pci" and subject == "-":
+            configs[field] = value
         elif kind == "pci":
             attributes[subject][field] = value
         elif kind == "pcilink":
             links[posixpath.basename(subject.rstrip("/"))][field] = value
     facts.iommu = iommu
     facts.numa_nodes = [nodes[key] for key in sorted(nodes)]
+    spaces = _config_spaces(configs.get("config_order", ""), configs.get("config_gzip", ""))
     facts.pci = {address: _device(address, attributes[address], links.get(address, {}),
-                                  sorted(nets.get(address, [])))
+                                  sorted(nets.get(address, [])), spaces.get(address))
                  for address in sorted(attributes) if _BDF.match(address)}
     return facts
 
@@ -118,8 +123,30 @@ def _node(node: NumaNode, field: str, value: str) -> None:
         node.hugepages.sort(key=lambda pool: pool.size_kib)
 
 
+def _config_spaces(order: str, encoded: str) -> dict[str, bytes]:
+    """Split the gzip stream (one member per function, in `order`) into config spaces."""
+    addresses = order.split()
+    if not addresses:
+        return {}
+    try:
+        stream = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise GatherOutputError(f"config space data is not base64: {exc}") from exc
+    spaces: dict[str, bytes] = {}
+    for address in addresses:
+        member = zlib.decompressobj(wbits=31)  # one gzip member
+        try:
+            spaces[address] = member.decompress(stream)
+        except zlib.error as exc:
+            raise GatherOutputError(f"config space of {address} is corrupt: {exc}") from exc
+        if not member.eof:
+            raise GatherOutputError(f"config space data ends before {address}")
+        stream = member.unused_data
+    return spaces
+
+
 def _device(address: str, attrs: dict[str, str], links: dict[str, str],
-            net: list[str]) -> PciDevice:
+            net: list[str], config: bytes | None) -> PciDevice:
     numa = _int(attrs.get("numa_node", ""))
     root_complex, upstream = _tree_position(address, attrs.get("sysfs_path", ""))
     virtfns = sorted(
@@ -145,7 +172,7 @@ def _device(address: str, attrs: dict[str, str], links: dict[str, str],
         physfn=posixpath.basename(links["physfn"]) if "physfn" in links else None,
         virtfns=virtfns,
         net=net,
-        caps=_caps(attrs.get("config")),
+        caps=decode(config) if config is not None and len(config) >= 0x40 else None,
     )
 
 
@@ -162,13 +189,3 @@ def _tree_position(address: str, sysfs_path: str) -> tuple[str | None, list[str]
     if functions and functions[-1] == address:
         functions = functions[:-1]
     return (complexes[-1] if complexes else None), functions
-
-
-def _caps(encoded: str | None):
-    if not encoded:
-        return None
-    try:
-        raw = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    return decode(raw) if len(raw) >= 0x40 else None

@@ -1,0 +1,61 @@
+"""The node inventory of a stack: which hypervisor hosts vela manages and how to reach them.
+
+Parsed from stack config by `__main__.py` (the only place that reads config) into typed
+`NodeSpec`s. Every problem is reported with the config key and index that holds it, so
+`pulumi preview` says exactly what to fix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from providers.host.keys import parse_public_key
+from providers.validate import HostAddress, UserName, port_number
+
+
+class InventoryError(ValueError):
+    """The inventory in stack config is invalid; the message names the key."""
+
+
+class NodeSpec(BaseModel):
+    """One hypervisor host."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    address: HostAddress
+    port: int = 22
+    user: UserName = "root"
+    host_key: str = Field(alias="hostKey")
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _port(cls, value: Any) -> int:
+        return port_number(value)
+
+    @field_validator("host_key")
+    @classmethod
+    def _host_key(cls, value: str) -> str:
+        parse_public_key(value)
+        return " ".join(value.split()[:2])
+
+
+def parse_nodes(raw: Any, key: str = "vela:nodes") -> list[NodeSpec]:
+    """Validate the list under `key`; names must be unique (they name each node's resources)."""
+    if not isinstance(raw, list):
+        raise InventoryError(f"{key} must be a list of nodes, got {type(raw).__name__}")
+    nodes = []
+    for index, entry in enumerate(raw):
+        try:
+            nodes.append(NodeSpec.model_validate(entry))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, error['loc'])) or 'entry'}: {error['msg']}"
+                                 for error in exc.errors())
+            raise InventoryError(f"{key}[{index}] is invalid: {problems}") from None
+    names = [node.name for node in nodes]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise InventoryError(f"{key}: node names must be unique; repeated: {duplicates}")
+    return nodes
