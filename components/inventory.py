@@ -9,37 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError
 
-from providers.host.keys import parse_public_key
-from providers.validate import HostAddress, UserName, port_number
+from providers.host.target import SshTarget
 
 
 class InventoryError(ValueError):
     """The inventory in stack config is invalid; the message names the key."""
 
 
-class NodeSpec(BaseModel):
-    """One hypervisor host."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+class NodeSpec(SshTarget):
+    """One hypervisor host: a name for its resources, and how to reach it."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
-    address: HostAddress
-    port: int = 22
-    user: UserName = "root"
-    host_key: str = Field(alias="hostKey")
-
-    @field_validator("port", mode="before")
-    @classmethod
-    def _port(cls, value: Any) -> int:
-        return port_number(value)
-
-    @field_validator("host_key")
-    @classmethod
-    def _host_key(cls, value: str) -> str:
-        parse_public_key(value)
-        return " ".join(value.split()[:2])
 
 
 def parse_nodes(raw: Any, key: str = "vela:nodes") -> list[NodeSpec]:

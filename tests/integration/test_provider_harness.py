@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from tests.support.probe_provider import HostProbe
 from tests.support.provider_harness import UNKNOWN, ProviderCallError, ProviderServer, with_provider
+from tests.support.threads import run_concurrently
 
 
 @pytest.fixture
@@ -49,23 +48,12 @@ def test_create_read_diff_through_the_server(server, probe_inputs, hgx, sshd):
     assert moved.changes is True and moved.replaces == ["port"]
 
 
-def test_four_concurrent_calls_share_one_ssh_connection(server, probe_inputs, sshd, hgx):
+def test_concurrent_calls_share_one_ssh_connection(server, probe_inputs, sshd, hgx):
     _, layout = hgx
     logins = sshd.logins()
-    results, errors = [], []
-
-    def create(index: int) -> None:
-        try:
-            results.append(server.create(f"node{index}", probe_inputs)[1]["gpus"])
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=create, args=(index,)) for index in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors and results == [layout.gpus] * 8
+    results = run_concurrently(lambda index: server.create(f"node{index}", probe_inputs)[1],
+                               list(range(8)))
+    assert [outs["gpus"] for outs in results] == [layout.gpus] * 8
     assert sshd.logins() - logins == 1
 
 

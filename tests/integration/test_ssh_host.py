@@ -21,27 +21,18 @@ from providers.errors import (AuthenticationFailed, ClientKeyError, CommandFaile
                               UnknownHostKey)
 from providers.host import AgentKeys, KeyFile, SecretKey, SshHost
 from tests.support.sshd import free_port, keygen
+from tests.support.threads import run_concurrently
 
 
 def test_commands_share_one_connection_across_threads(sshd, ssh_host):
     logins = sshd.logins()
-    outputs, errors = [], []
 
-    def worker(number: int) -> None:
-        try:
-            for step in range(5):
-                host = ssh_host()  # a fresh handle each time, as provider calls make them
-                outputs.append(host.run(["echo", f"{number}-{step}"]).text.strip())
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+    def worker(number: int) -> list[str]:
+        # A fresh handle for every command, as provider calls make them.
+        return [ssh_host().run(["echo", f"{number}-{step}"]).text.strip() for step in range(5)]
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
-    assert sorted(outputs) == sorted(f"{n}-{s}" for n in range(4) for s in range(5))
+    outputs = run_concurrently(worker, list(range(4)))
+    assert outputs == [[f"{n}-{s}" for s in range(5)] for n in range(4)]
     assert sshd.logins() - logins == 1
     assert ssh_host().connection.connects == 1
 

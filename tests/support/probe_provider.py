@@ -8,38 +8,18 @@ state. It lives under tests/ because it is scaffolding, not a product resource.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult
 from pulumi.dynamic import Resource, ResourceProvider
 from pulumi.output import Unknown
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
 from providers.facts import gather_facts
-from providers.host import SecretKey, SshHost
-from providers.host.keys import parse_public_key
-from providers.validate import HostAddress, UserName, port_number
+from providers.host import SecretKey
+from providers.host.target import SshTarget
 
 
-class ProbeInputs(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    address: HostAddress
-    port: int = 22
-    user: UserName = "root"
-    host_key: str = Field(alias="hostKey")
+class ProbeInputs(SshTarget):
     sysroot: str = "/"
-
-    @field_validator("port", mode="before")
-    @classmethod
-    def _port(cls, value: Any) -> int:
-        return port_number(value)
-
-    @field_validator("host_key")
-    @classmethod
-    def _host_key(cls, value: str) -> str:
-        parse_public_key(value)
-        return value
 
 
 INPUT_KEYS = {"address", "port", "user", "hostKey", "sysroot"}
@@ -95,9 +75,7 @@ class HostProbe(ResourceProvider):
         if not getattr(self, "private_key", None):
             raise ValueError("no SSH key: set it with `pulumi config set --secret "
                              "sshPrivateKey < ~/.ssh/id_ed25519`")
-        host = SshHost(inputs.address, port=inputs.port, user=inputs.user,
-                       client_key=SecretKey(self.private_key), sysroot=inputs.sysroot,
-                       pinned_host_keys=[inputs.host_key])
+        host = inputs.connect(SecretKey(self.private_key), sysroot=inputs.sysroot)
         facts = gather_facts(host, timeout=self.limits["gather_timeout"])
         gpus = sorted(address for address, device in facts.pci.items()
                       if device.vendor_id == 0x10DE and device.class_code >> 8 == 0x0302)
