@@ -9,6 +9,7 @@ dropped fails with `ConnectionLost` (whether it finished is unknown, so it is ne
 
 from __future__ import annotations
 
+import logging
 import select
 import socket
 import threading
@@ -24,6 +25,10 @@ from .base import CommandResult, Host
 from .keys import ClientKey, HostKeyCheck, fingerprint, known_hosts_name
 
 _READ_CHUNK = 1 << 16
+# paramiko logs every failed handshake with a traceback from its transport thread; we turn each
+# failure into an error that says what happened, so keep its log out of the user's terminal
+# unless the application configures logging itself.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 class _Connection:

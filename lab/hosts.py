@@ -1,0 +1,288 @@
+"""Lab hosts: create, start, wait for, reboot, power-cycle and remove emulated hypervisors.
+
+State lives in one directory (default `.lab/` in the checkout):
+    id_ed25519[.pub]      the client key every lab host authorizes
+    known_hosts           each host's pinned key, for `lab ssh` and OpenSSH
+    inventory.json        what the dev stack and the tests read (see `inventory`)
+    hosts/lab-N/          disk overlay, NVRAM, seed (host key, hostname), console log, QMP
+A host keeps its disk and SSH port across reboots and power cycles; `down` removes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from providers.errors import VelaError
+from providers.host import KeyFile, SshHost
+from providers.host.ssh import close_all_connections
+
+from .image import Image, cache_dir, ensure_image
+from .machine import OVMF_VARS, HostSpec, qemu_argv
+from .qmp import Qmp, QmpError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+BOOT_DEADLINE = 420.0  # TCG boots take 25-40 s, and once in a while far longer
+
+
+class LabError(RuntimeError):
+    pass
+
+
+def lab_dir() -> Path:
+    return Path(os.environ.get("VELA_LAB_DIR") or PROJECT_ROOT / ".lab")
+
+
+@dataclass
+class LabHost:
+    spec: HostSpec
+    host_key: str
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.spec.path("qemu.pid").read_text().strip())
+            os.kill(pid, 0)
+            return pid
+        except (OSError, ValueError):
+            return None
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+
+class Lab:
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = Path(directory or lab_dir())
+        self.hosts_dir = self.directory / "hosts"
+        self.key_path = self.directory / "id_ed25519"
+
+    # -- the whole lab ---------------------------------------------------------------------------
+
+    def up(self, count: int, *, wait: bool = True, log=print) -> list[LabHost]:
+        """Hosts lab-0 .. lab-(count-1) running (created where missing), SSH ready."""
+        if count < 1:
+            raise LabError("a lab needs at least one host")
+        image = ensure_image(log)
+        self._client_key()
+        accel = accelerator(image, log)
+        hosts = [self._host(index, image, accel) for index in range(count)]
+        for host in hosts:
+            if not host.running():
+                log(f"{host.name}: starting ({accel}), SSH on 127.0.0.1:{host.spec.ssh_port}")
+                self._start(host)
+        self.write_inventory()
+        if wait:
+            with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+                list(pool.map(lambda host: self.wait_for_ssh(host, log=log), hosts))
+        return hosts
+
+    def down(self, log=print) -> None:
+        for host in self.hosts():
+            self._stop(host)
+            shutil.rmtree(host.spec.directory, ignore_errors=True)
+            log(f"{host.name}: removed")
+        for name in ["inventory.json", "known_hosts"]:
+            (self.directory / name).unlink(missing_ok=True)
+
+    def hosts(self) -> list[LabHost]:
+        found = []
+        for directory in sorted(self.hosts_dir.glob("lab-*"),
+                                key=lambda path: int(path.name.split("-")[1])):
+            state = json.loads((directory / "host.json").read_text())
+            found.append(LabHost(HostSpec(**{**state["spec"], "directory": directory}),
+                                 state["host_key"]))
+        return found
+
+    def host(self, index: int) -> LabHost:
+        for host in self.hosts():
+            if host.spec.index == index:
+                return host
+        raise LabError(f"there is no lab-{index}; `lab up --hosts {index + 1}` creates it")
+
+    # -- one host --------------------------------------------------------------------------------
+
+    def ssh_host(self, host: LabHost, **options) -> SshHost:
+        return SshHost("127.0.0.1", port=host.spec.ssh_port, user="root",
+                       client_key=KeyFile(str(self.key_path)), pinned_host_keys=[host.host_key],
+                       name=host.name, **options)
+
+    def boot_id(self, host: LabHost) -> str:
+        return self.ssh_host(host).read_file("/proc/sys/kernel/random/boot_id").decode().strip()
+
+    def wait_for_ssh(self, host: LabHost, *, deadline: float = BOOT_DEADLINE,
+                     not_boot_id: str | None = None, log=print) -> str:
+        """Wait until the host answers over SSH (in a new boot, if `not_boot_id` is given);
+        return its boot id."""
+        started = time.monotonic()
+        last_error: Exception | None = None
+        while time.monotonic() - started < deadline:
+            if not host.running():
+                raise LabError(f"{host.name}: QEMU exited; console:\n{self.console_tail(host)}")
+            try:
+                boot = self.ssh_host(host, connect_timeout=5.0).run(
+                    ["cat", "/proc/sys/kernel/random/boot_id"], timeout=20).text.strip()
+                if boot != not_boot_id:
+                    log(f"{host.name}: SSH ready after {time.monotonic() - started:.0f} s")
+                    return boot
+            except (VelaError, OSError) as exc:
+                last_error = exc
+            close_all_connections()
+            time.sleep(2)
+        raise LabError(f"{host.name}: no SSH within {deadline:.0f} s (last: {last_error}); "
+                       f"console:\n{self.console_tail(host)}")
+
+    def reboot(self, index: int, *, wait: bool = True, log=print) -> None:
+        """Reboot from inside, as an operator would (`systemctl reboot`)."""
+        host = self.host(index)
+        before = self.boot_id(host)
+        self.ssh_host(host).run(["sh", "-c", "systemctl reboot >/dev/null 2>&1 &"])
+        close_all_connections()
+        if wait:
+            self.wait_for_ssh(host, not_boot_id=before, log=log)
+
+    def power_cycle(self, index: int, *, wait: bool = True, log=print) -> None:
+        """Cut the power and turn it back on: QEMU quits at once and starts again with the same
+        disk, NVRAM and port."""
+        host = self.host(index)
+        self._stop(host)
+        self._start(host)
+        close_all_connections()
+        if wait:
+            self.wait_for_ssh(host, log=log)
+
+    def console_tail(self, host: LabHost, lines: int = 30) -> str:
+        try:
+            text = host.spec.path("console.log").read_text(errors="replace")
+        except OSError:
+            return "(no console output)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- inventory -------------------------------------------------------------------------------
+
+    def write_inventory(self) -> Path:
+        hosts = self.hosts()
+        inventory = {
+            "version": 1,
+            "privateKeyFile": str(self.key_path),
+            "hosts": [{"name": host.name, "address": "127.0.0.1", "port": host.spec.ssh_port,
+                       "user": "root", "hostKey": host.host_key} for host in hosts],
+        }
+        path = self.directory / "inventory.json"
+        path.write_text(json.dumps(inventory, indent=2) + "\n")
+        (self.directory / "known_hosts").write_text("".join(
+            f"[127.0.0.1]:{host.spec.ssh_port} {host.host_key}\n" for host in hosts))
+        return path
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _client_key(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not self.key_path.exists():
+            _keygen(self.key_path, "vela-lab-client")
+
+    def _host(self, index: int, image: Image, accel: str) -> LabHost:
+        directory = self.hosts_dir / f"lab-{index}"
+        if (directory / "host.json").exists():
+            return next(host for host in self.hosts() if host.spec.index == index)
+        directory.mkdir(parents=True)
+        spec = HostSpec(index=index, directory=directory, ssh_port=_free_port(), accel=accel)
+        seed = directory / "seed"
+        seed.mkdir()
+        _keygen(seed / "ssh_host_ed25519_key", spec.name)
+        shutil.copy(f"{self.key_path}.pub", seed / "authorized_keys")
+        (seed / "hostname").write_text(spec.name)
+        shutil.copy(OVMF_VARS, directory / "OVMF_VARS.fd")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+                        str(image.disk), str(directory / "disk.qcow2")], check=True)
+        host_key = " ".join((seed / "ssh_host_ed25519_key.pub").read_text().split()[:2])
+        fields = {key: value for key, value in spec.__dict__.items() if key != "directory"}
+        (directory / "host.json").write_text(json.dumps(
+            {"spec": fields, "host_key": host_key, "image": image.digest}, indent=2))
+        return LabHost(spec, host_key)
+
+    def _start(self, host: LabHost) -> None:
+        host.spec.path("console.log").unlink(missing_ok=True)
+        result = subprocess.run(qemu_argv(host.spec), capture_output=True, text=True)
+        if result.returncode != 0:
+            raise LabError(f"{host.name}: QEMU did not start: {result.stderr.strip()}")
+
+    def _stop(self, host: LabHost) -> None:
+        pid = host.pid()
+        if pid is None:
+            return
+        try:
+            with Qmp(host.spec.path("qmp.sock")) as monitor:
+                monitor.execute("quit")
+        except (QmpError, OSError):
+            os.kill(pid, signal.SIGKILL)
+        for _ in range(100):
+            if not host.running():
+                return
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+
+
+def _keygen(path: Path, comment: str) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f",
+                    str(path)], check=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def accelerator(image: Image, log=print) -> str:
+    """"kvm" if KVM really runs a guest here, else "tcg". VELA_LAB_ACCEL forces one.
+
+    /dev/kvm existing is not enough: some nested setups expose it but hang every guest, so a
+    short probe boots the image's kernel under KVM and waits for its first console line. The
+    answer is cached per boot of this machine."""
+    forced = os.environ.get("VELA_LAB_ACCEL")
+    if forced in {"kvm", "tcg"}:
+        return forced
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg"
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    cached = cache_dir() / f"accel-{boot_id}"
+    if cached.exists():
+        return cached.read_text().strip()
+    log("lab: probing whether KVM runs guests on this machine ...")
+    answer = "kvm" if _kvm_boots(image) else "tcg"
+    cached.write_text(answer)
+    return answer
+
+
+def _kvm_boots(image: Image, seconds: float = 20.0) -> bool:
+    process = subprocess.Popen(
+        ["qemu-system-x86_64", "-accel", "kvm", "-machine", "q35", "-m", "256", "-nodefaults",
+         "-display", "none", "-serial", "stdio", "-no-reboot", "-kernel", str(image.kernel),
+         "-append", "console=ttyS0 panic=-1"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + seconds
+        os.set_blocking(process.stdout.fileno(), False)
+        seen = b""
+        while time.monotonic() < deadline and process.poll() is None:
+            chunk = process.stdout.read() or b""
+            seen += chunk
+            if b"Linux version" in seen:
+                return True
+            time.sleep(0.2)
+        return False
+    finally:
+        process.kill()
+        process.wait()
