@@ -7,6 +7,8 @@ Parsed from stack config by `__main__.py` (the only place that reads config) int
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, ValidationError
@@ -41,3 +43,16 @@ def parse_nodes(raw: Any, key: str = "vela:nodes") -> list[NodeSpec]:
     if duplicates:
         raise InventoryError(f"{key}: node names must be unique; repeated: {duplicates}")
     return nodes
+
+
+def load_inventory_file(path: Path, key: str = "vela:inventoryFile") -> list[NodeSpec]:
+    """Nodes from an inventory file (the lab writes one: `scripts/lab up`)."""
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InventoryError(f"{key}: {path} does not exist; for the lab, start it with "
+                             f"`scripts/lab up --hosts N` (scripts/up does this for you)") from None
+    except (OSError, ValueError) as exc:
+        raise InventoryError(f"{key}: cannot read {path}: {exc}") from None
+    hosts = document.get("hosts") if isinstance(document, dict) else None
+    return parse_nodes(hosts, key=f"{key} ({path}) hosts")

@@ -51,3 +51,20 @@ def test_valid_inventory():
 def test_invalid_inventory_names_the_key_and_the_reason(nodes, expected):
     with pytest.raises(pulumi.RunError, match=expected):
         _run(nodes)
+
+
+def test_inventory_file_from_the_lab(tmp_path):
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(json.dumps({"version": 1, "privateKeyFile": "/x/id", "hosts": [
+        {"name": "lab-0", "address": "127.0.0.1", "port": 40022, "user": "root",
+         "hostKey": HOST_KEY}]}))
+    pulumi.runtime.set_mocks(_Mocks(), project="vela", stack="dev", preview=True)
+    pulumi.runtime.set_all_config({"vela:inventoryFile": str(inventory)})
+    try:
+        namespace = runpy.run_path(str(PROJECT_ROOT / "__main__.py"))
+        assert [(n.name, n.port) for n in namespace["nodes"]] == [("lab-0", 40022)]
+        pulumi.runtime.set_all_config({"vela:inventoryFile": str(tmp_path / "missing.json")})
+        with pytest.raises(pulumi.RunError, match="scripts/lab up"):
+            runpy.run_path(str(PROJECT_ROOT / "__main__.py"))
+    finally:
+        pulumi.runtime.set_all_config({})
