@@ -87,3 +87,33 @@ def test_cli_status_ssh_and_inventory(lab):
     assert ssh.stdout.strip() == "lab-0"
     inventory = (lab.directory / "inventory.json").read_text()
     assert lab.host(0).host_key in inventory and str(lab.key_path) in inventory
+
+
+def test_main_job_starts_the_lab_it_targets(lab, tmp_path):
+    """scripts/up with a stand-in for the Pulumi CLI (the real one cannot be installed here):
+    it must start the lab the dev stack names, hand the lab's key over as a secret, then run
+    `pulumi up` on the dev stack."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    stand_in = bin_dir / "pulumi"
+    stand_in.write_text(f"""#!/bin/sh
+echo "$*" >> {calls}
+case "$*" in
+  "config get vela:labHosts --stack dev") echo 1 ;;
+  "config get vela:sshPrivateKey --stack dev") exit 1 ;;
+  "config set --secret vela:sshPrivateKey --stack dev") cat > {tmp_path / 'secret'} ;;
+esac
+""")
+    stand_in.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "VELA_LAB_DIR": str(lab.directory), "PULUMI_BACKEND_URL": f"file://{tmp_path}",
+           "PULUMI_CONFIG_PASSPHRASE": "test"}
+    result = subprocess.run([os.path.join(PROJECT_ROOT, "scripts", "up"), "--yes"], env=env,
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = calls.read_text().splitlines()
+    assert lines[-1] == "up --stack dev --yes"
+    assert "config set --secret vela:sshPrivateKey --stack dev" in lines
+    assert (tmp_path / "secret").read_text() == lab.key_path.read_text()
+    assert "lab-0" in result.stdout  # the lab reported its host
