@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from providers.facts import GATHER_SCRIPT, gather_facts  # noqa: E402
+from providers.facts import gather_facts, run_gather  # noqa: E402
 from providers.host import Host, KeyFile, LocalHost, SshHost  # noqa: E402
 
 
@@ -34,7 +34,7 @@ def measure(host: Host, repeat: int) -> dict:
         started = time.perf_counter()
         facts = gather_facts(host)
         times.append(time.perf_counter() - started)
-    result_bytes = len(host.run_script(GATHER_SCRIPT, [host.sysroot]).stdout)
+    result_bytes = len(run_gather(host).encode())
     return {"min": min(times), "median": statistics.median(times), "max": max(times),
             "functions": len(facts.pci), "bytes": result_bytes}
 

@@ -3,7 +3,8 @@
 # Usage: sh -s -- ROOT < gather.sh     (ROOT is "/" on a real host, a fake tree in tests)
 #
 # Prints one record per line: KIND <TAB> SUBJECT <TAB> FIELD <TAB> VALUE. Parsed by
-# providers/facts/parse.py; change both together. Reads only; writes nothing. Uses shell
+# providers/facts/parse.py; change both together. The caller appends its own sections (they can
+# use `emit` and `first_line`) and the end marker (`emit meta - end ok`). Reads only; writes nothing. Uses shell
 # builtins wherever it can (a real host has hundreds of PCI functions): a handful of processes
 # in all (gzip and base64 for every config space at once, two `find` runs for every sysfs link,
 # one `cat` per NUMA node), however many devices there are.
@@ -99,4 +100,3 @@ if [ -d "$R/sys/bus/pci/devices" ]; then
   [ -e "$1" ] && find -H "$@" -mindepth 1 -maxdepth 1 -type l \( -name driver -o \
     -name iommu_group -o -name physfn -o -name 'virtfn*' \) -printf "pcilink\t%h\t%f\t%l\n"
 fi
-emit meta - end ok

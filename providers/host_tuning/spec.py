@@ -1,0 +1,147 @@
+"""HostTuning's inputs: what a user asks of one hypervisor host, validated before anything runs.
+
+Keys are camelCase, as a Pulumi program writes them. Every setting has the recipe's default;
+the values that depend on `mode` (ACS control, ATS, NIC write ordering) are resolved by the
+planner, not here. The private key is not an input: it comes from provider configuration
+(`vela:sshPrivateKey`, a secret) so it never lands in state.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, field_validator,
+                      model_validator)
+from pydantic.alias_generators import to_camel
+
+from ..facts.models import PciDevice
+from ..host.target import SshTarget
+from ..validate import absolute_path, pci_address
+
+# Named device sets, so a stack can say what it means instead of spelling ids.
+PRESETS: dict[str, list[tuple[int, int | None, int | None]]] = {
+    # (vendor, device or None, class prefix (16 bits: base class and subclass) or None)
+    "nvidia-gpu": [(0x10DE, None, 0x0302)],  # 3D controllers: A100, H100, ...
+    "nvidia-nvswitch": [(0x10DE, None, 0x0680)],  # NVSwitch bridges on HGX baseboards
+    "connectx": [(0x15B3, None, 0x0200), (0x15B3, None, 0x0207)],  # Ethernet / InfiniBand
+    "lab-gpu": [(0x1AF4, 0x1110, None)],  # the lab's GPU stand-in (ivshmem)
+    "lab-nic": [(0x8086, 0x10C9, None)],  # the lab's SR-IOV NIC (igb)
+}
+_VENDOR_DEVICE = re.compile(r"^([0-9a-f]{4}):([0-9a-f]{4}|\*)$")
+_SYSCTL = re.compile(r"^[a-z0-9_]+(?:[./][a-z0-9_-]+)+$")
+_FIRMWARE_PARAM = re.compile(r"^[A-Z][A-Z0-9_]{1,63}$")
+
+
+def _selector(value: str) -> str:
+    text = str(value).strip().lower()
+    if text in PRESETS or _VENDOR_DEVICE.match(text):
+        return text
+    try:
+        return pci_address(text)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a known device: use a preset ({', '.join(sorted(PRESETS))}), "
+            f"vendor:device in hex (10de:20b2, or 10de:* for any device of a vendor), or a PCI "
+            f"address (0000:3b:00.0)") from None
+
+
+DeviceSelector = Annotated[str, AfterValidator(_selector)]
+
+
+def matches(selector: str, device: PciDevice) -> bool:
+    """Does one selector (already validated) pick this PCI function?"""
+    if selector in PRESETS:
+        return any(device.vendor_id == vendor and (dev is None or device.device_id == dev)
+                   and (cls is None or device.class_code >> 8 == cls)
+                   for vendor, dev, cls in PRESETS[selector])
+    match = _VENDOR_DEVICE.match(selector)
+    if match:
+        return device.vendor_id == int(match.group(1), 16) and (
+            match.group(2) == "*" or device.device_id == int(match.group(2), 16))
+    return device.address == selector
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
+
+
+class HugePages(_Model):
+    """Huge pages to reserve: a total (the kernel spreads it over the nodes) or per NUMA node."""
+
+    size: Literal["1G", "2M"] = "1G"
+    total: int | None = Field(default=None, ge=0, le=65536)
+    per_node: dict[int, Annotated[int, Field(ge=0, le=65536)]] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "HugePages":
+        if (self.total is None) == (self.per_node is None):
+            raise ValueError("give either total or perNode (for example total: 16, or "
+                             "perNode: {0: 8, 1: 8})")
+        return self
+
+    @property
+    def size_kib(self) -> int:
+        return 1048576 if self.size == "1G" else 2048
+
+
+class Firmware(_Model):
+    """ConnectX firmware settings (mlxconfig or mstconfig)."""
+
+    enabled: bool | None = None  # None: for the selected NICs made by Mellanox/NVIDIA
+    tool: str = "auto"  # auto: mlxconfig, else mstconfig, from PATH; or an absolute path
+    num_vfs: int = Field(default=8, ge=0, le=127)
+    settings: dict[str, Annotated[int, Field(ge=0, le=0xFFFF)]] = Field(default_factory=dict)
+
+    @field_validator("tool")
+    @classmethod
+    def _tool(cls, value: str) -> str:
+        return value if value == "auto" else absolute_path(value, "firmware tool path")
+
+    @field_validator("settings")
+    @classmethod
+    def _settings(cls, value: dict[str, int]) -> dict[str, int]:
+        for name in value:
+            if not _FIRMWARE_PARAM.match(name):
+                raise ValueError(f"{name!r} is not a firmware parameter name (upper case, "
+                                 f"as `mlxconfig q` lists them, e.g. NUM_OF_VFS)")
+        return value
+
+
+def _sysctls(value: dict[str, str]) -> dict[str, str]:
+    for name, setting in value.items():
+        if not _SYSCTL.match(name):
+            raise ValueError(f"{name!r} is not a sysctl name (like net.core.rmem_max)")
+        if not re.fullmatch(r"[A-Za-z0-9 ._:/-]{1,200}", str(setting)):
+            raise ValueError(f"sysctl {name}: {setting!r} has characters a sysctl value does "
+                             f"not need (use letters, digits, spaces and ._:/-)")
+    return {name: str(setting) for name, setting in value.items()}
+
+
+class HostTuningArgs(SshTarget):
+    """Everything HostTuning does to one host; each setting defaults to the recipe."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
+
+    mode: Literal["vm", "baremetal"] = "vm"
+    iommu_passthrough: bool = True
+    gpus: list[DeviceSelector] = Field(default_factory=lambda: ["nvidia-gpu", "nvidia-nvswitch"])
+    nics: list[DeviceSelector] = Field(default_factory=lambda: ["connectx"])
+    vfio: bool = True
+    blacklist_nouveau: bool = True
+    hugepages: HugePages | None = None
+    acs: bool = True
+    ats: bool = True
+    max_read_request: Literal[128, 256, 512, 1024, 2048, 4096] | None = 4096
+    firmware: Firmware = Field(default_factory=Firmware)
+    sysctls: Annotated[dict[str, str], AfterValidator(_sysctls)] = Field(default_factory=dict)
+    reboot: Literal["never", "allowed"] = "never"
+    reboot_timeout: int = Field(default=900, ge=60, le=7200)
+
+    @field_validator("gpus")
+    @classmethod
+    def _some_gpus(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("select at least one GPU (the default is nvidia-gpu and "
+                             "nvidia-nvswitch)")
+        return value
