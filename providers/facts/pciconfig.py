@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import struct
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 CAP_ID_PCIE = 0x10
 ECAP_ID_ACS = 0x000D
@@ -112,6 +112,7 @@ class PcieCapabilities(BaseModel):
     ats: AtsCap | None = None
     sriov: SriovCap | None = None
     extended_readable: bool = False  # False when only 64/256 bytes could be read
+    raw: bytes = Field(default=b"", repr=False, exclude=True)  # for reading any register
 
     @property
     def is_bridge(self) -> bool:
@@ -164,7 +165,7 @@ def decode(data: bytes) -> PcieCapabilities:
     """Decode one function's config space (any length; 4096 bytes gives everything)."""
     result = PcieCapabilities(config_size=len(data),
                               header_type=_u8(data, 0x0E) if len(data) > 0x0E else 0,
-                              extended_readable=len(data) > 0x100)
+                              extended_readable=len(data) > 0x100, raw=bytes(data))
     caps = standard_capabilities(data)
     if CAP_ID_PCIE in caps and caps[CAP_ID_PCIE] + 0x14 <= len(data):
         result.pcie = _pcie(data, caps[CAP_ID_PCIE])

@@ -1,0 +1,213 @@
+"""What HostTuning reads from a host besides the hardware facts, in the same round trip.
+
+`observe_script(spec)` renders extra sections for gather.sh (files vela manages, bootloader and
+firmware tools, sysctls, loaded modules, firmware queries); `parse_observations` turns their
+records into `Observations`. Every value placed in the script is validated and quoted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import shlex
+from dataclasses import dataclass, field
+
+from .firmware import FirmwareDevice, FirmwareOutputError, parse_query
+from .spec import PRESETS, HostTuningArgs
+
+GRUB_DEFAULTS = "/etc/default/grub"
+MODPROBE_CONF = "/etc/modprobe.d/vela-host-tuning.conf"
+MODULES_CONF = "/etc/modules-load.d/vela-host-tuning.conf"
+SYSCTL_CONF = "/etc/sysctl.d/90-vela-host-tuning.conf"
+BOOT_SCRIPT = "/usr/local/sbin/vela-host-tuning-boot"
+UNIT_NAME = "vela-host-tuning.service"
+UNIT_FILE = f"/etc/systemd/system/{UNIT_NAME}"
+UNIT_LINK = f"/etc/systemd/system/multi-user.target.wants/{UNIT_NAME}"
+ORIGINALS_FILE = "/var/lib/vela/host-tuning/originals.json"
+ORIGINALS_DIRS = ["/var/lib/vela/host-tuning", "/var/lib/vela"]  # removed when left empty
+MANAGED_FILES = [MODPROBE_CONF, MODULES_CONF, SYSCTL_CONF, BOOT_SCRIPT, UNIT_FILE]
+WATCHED_MODULES = ["nouveau", "nvidia", "vfio_pci"]
+BOOTLOADER_TOOLS = ["grubby", "update-grub", "grub2-mkconfig", "grub-mkconfig"]
+FIRMWARE_TOOLS = ["mlxconfig", "mstconfig"]
+
+_FUNCTIONS = r'''
+# -- HostTuning observations ----------------------------------------------------------------------
+observe_file() {
+  if [ -f "$R$1" ]; then emit file "$1" content "$(base64 -w0 < "$R$1")"
+  else emit file "$1" absent -; fi
+}
+observe_link() { if [ -L "$R$1" ] || [ -e "$R$1" ]; then emit link "$1" present -; fi; }
+observe_sysctl() {
+  path=$(printf '%s' "$1" | tr . /)
+  if [ -r "$R/proc/sys/$path" ]; then emit sysctl "$1" value "$(cat "$R/proc/sys/$path")"; fi
+}
+observe_tools() {
+  for tool in "$@"; do
+    found=$(command -v "$tool" 2>/dev/null) && emit tool "$tool" path "$found"
+  done
+}
+observe_firmware() {  # TOOL BDF: the tool's query of one device
+  out=$("$1" -d "$2" -e q 2>&1) && rc=0 || rc=$?
+  emit firmware "$2" rc "$rc"
+  emit firmware "$2" output "$(printf '%s\n' "$out" | base64 -w0)"
+}
+observe_firmware_matching() {  # TOOL VENDOR DEVICE|*: function 0 of each matching device
+  for dev in "$R"/sys/bus/pci/devices/*.0; do
+    [ -e "$dev" ] && [ ! -e "$dev/physfn" ] || continue
+    first_line "$dev/vendor"; [ "$v" = "0x$2" ] || continue
+    first_line "$dev/device"; [ "$3" = "*" ] || [ "$v" = "0x$3" ] || continue
+    observe_firmware "$1" "${dev##*/}"
+  done
+}
+first_line "$R/proc/sys/kernel/random/boot_id"; emit host - boot_id "$v"
+if [ -r "$R/proc/modules" ]; then
+  while read -r module _rest; do
+    case " $WATCHED_MODULES " in *" $module "*) emit module "$module" loaded - ;; esac
+  done < "$R/proc/modules"
+fi
+if command -v grubby > /dev/null 2>&1 && [ "$R" = "" ]; then
+  emit grubby - args "$(grubby --info=DEFAULT 2>/dev/null | sed -n 's/^args="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p')"
+fi
+'''
+
+
+def observe_script(spec: HostTuningArgs) -> str:
+    """The extra gather sections for this spec."""
+    lines = [f"WATCHED_MODULES={shlex.quote(' '.join(WATCHED_MODULES))}", _FUNCTIONS]
+    for path in [GRUB_DEFAULTS, *MANAGED_FILES, ORIGINALS_FILE]:
+        lines.append(f"observe_file {shlex.quote(path)}")
+    lines.append(f"observe_link {shlex.quote(UNIT_LINK)}")
+    lines.append("observe_tools " + " ".join(BOOTLOADER_TOOLS + FIRMWARE_TOOLS))
+    for name in spec.sysctls:
+        lines.append(f"observe_sysctl {shlex.quote(name)}")
+    tool = firmware_tool_expression(spec)
+    if tool:
+        # The tool sees the sysroot too (a stand-in uses it; real tools ignore it).
+        lines.append(f"fwtool={tool}; export VELA_ROOT=\"$R\"")
+        lines.append('if [ -n "$fwtool" ]; then')
+        for vendor, device in firmware_targets(spec):
+            if ":" in vendor:  # a PCI address
+                lines.append(f"  observe_firmware \"$fwtool\" {shlex.quote(vendor)}")
+            else:
+                lines.append(f"  observe_firmware_matching \"$fwtool\" {vendor} "
+                             f"{shlex.quote(device)}")
+        lines.append("fi")
+    return "\n".join(lines) + "\n"
+
+
+def firmware_tool_expression(spec: HostTuningArgs) -> str | None:
+    """Shell expression for the firmware tool (empty when none is installed)."""
+    if spec.firmware.enabled is False:
+        return None
+    if spec.firmware.tool != "auto":
+        return shlex.quote(spec.firmware.tool)
+    return ('$(command -v mlxconfig 2>/dev/null || command -v mstconfig 2>/dev/null || '
+            'true)')
+
+
+def firmware_targets(spec: HostTuningArgs) -> list[tuple[str, str]]:
+    """(vendor hex, device hex or *) or (PCI address, "") of the devices to query: the NIC
+    selectors, limited to Mellanox/NVIDIA ones unless firmware is explicitly enabled."""
+    targets: list[tuple[str, str]] = []
+    for selector in spec.nics:
+        if selector in PRESETS:
+            pairs = [(f"{vendor:04x}", f"{device:04x}" if device is not None else "*")
+                     for vendor, device, _ in PRESETS[selector]]
+        elif ":" in selector and selector.count(":") == 1:
+            vendor, device = selector.split(":")
+            pairs = [(vendor, device)]
+        else:
+            pairs = [(selector, "")]
+        for pair in pairs:
+            if spec.firmware.enabled is None and pair[1] != "" and pair[0] != "15b3":
+                continue
+            if pair not in targets:
+                targets.append(pair)
+    return targets
+
+
+@dataclass
+class FirmwareQuery:
+    exit_code: int
+    output: str
+    device: FirmwareDevice | None = None
+    error: str | None = None
+
+
+@dataclass
+class Observations:
+    boot_id: str = ""
+    files: dict[str, str | None] = field(default_factory=dict)
+    links: set[str] = field(default_factory=set)
+    tools: dict[str, str] = field(default_factory=dict)
+    sysctls: dict[str, str] = field(default_factory=dict)
+    modules: set[str] = field(default_factory=set)
+    grubby_args: str | None = None
+    firmware: dict[str, FirmwareQuery] = field(default_factory=dict)
+
+    @property
+    def unit_enabled(self) -> bool:
+        return UNIT_LINK in self.links
+
+    @property
+    def originals(self) -> dict | None:
+        text = self.files.get(ORIGINALS_FILE)
+        if not text:
+            return None
+        try:
+            return json.loads(text)
+        except ValueError:
+            return None
+
+    @property
+    def bootloader(self) -> str | None:
+        for tool in BOOTLOADER_TOOLS:
+            if tool in self.tools:
+                return tool
+        return None
+
+
+def parse_observations(text: str) -> Observations:
+    observed = Observations()
+    for line in text.splitlines():
+        parts = line.split("\t", 3)
+        if len(parts) != 4:
+            continue
+        kind, subject, name, value = parts
+        if kind == "host" and name == "boot_id":
+            observed.boot_id = value
+        elif kind == "file":
+            observed.files[subject] = _decode(value) if name == "content" else None
+        elif kind == "link":
+            observed.links.add(subject)
+        elif kind == "tool":
+            observed.tools[subject] = value
+        elif kind == "sysctl":
+            observed.sysctls[subject] = " ".join(value.split())
+        elif kind == "module":
+            observed.modules.add(subject)
+        elif kind == "grubby":
+            observed.grubby_args = value
+        elif kind == "firmware":
+            _firmware(observed, subject, name, value)
+    return observed
+
+
+def _decode(value: str) -> str:
+    try:
+        return base64.b64decode(value, validate=True).decode("utf-8", errors="replace")
+    except (binascii.Error, ValueError):
+        return ""
+
+
+def _firmware(observed: Observations, device: str, name: str, value: str) -> None:
+    query = observed.firmware.setdefault(device, FirmwareQuery(exit_code=-1, output=""))
+    if name == "rc":
+        query.exit_code = int(value)
+    elif name == "output":
+        query.output = _decode(value)
+        try:
+            query.device = parse_query(query.output)[0]
+        except FirmwareOutputError as exc:
+            query.error = str(exc)

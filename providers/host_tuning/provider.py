@@ -1,0 +1,289 @@
+"""The HostTuning dynamic provider: one hypervisor host made ready for near-bare-metal VMs.
+
+Every call follows one path: parse inputs -> gather facts (one remote command) -> select
+devices -> preflight -> plan (pure) -> apply only the changes (one remote command) -> reboot
+when allowed and needed, gather again, finish the plan -> verify. Delete plans towards the
+original values saved before the first change (on the host and in the outputs) through the same
+planner. The SSH private key comes from the stack config (`vela:sshPrivateKey`, a secret) via
+`configure`; it is never an input and never an output.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+from pulumi.dynamic import (CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult,
+                            ResourceProvider, UpdateResult)
+from pulumi.output import Unknown
+from pydantic import ValidationError
+
+from ..errors import VelaError
+from ..facts import parse_facts, run_gather
+from ..facts.models import HostFacts
+from ..host import Host, SecretKey
+from ..host.reboot import reboot_and_wait
+from . import shell
+from .observe import (ORIGINALS_DIRS, ORIGINALS_FILE, Observations, observe_script,
+                      parse_observations)
+from .plan import Plan, plan
+from .preflight import preflight
+from .spec import HostTuningArgs
+from .target import (SelectionError, Target, Topology, acs_path, desired_target,
+                     merge_originals, original_target, select_topology)
+
+MAX_REBOOTS = 3
+REPLACE_ON = {"address", "port"}  # another machine: a new resource
+OUTPUT_KEYS = ["gpus", "nics", "iommuGroups", "applied", "changes", "pendingReboot",
+               "pendingReasons", "reboots", "originals", "inSync", "drift"]
+
+
+class HostTuningError(VelaError):
+    """HostTuning could not do what was asked; the message says what and what to do."""
+
+
+def _inputs(props: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in props.items()
+            if not key.startswith("__") and key not in OUTPUT_KEYS}
+
+
+def parse_inputs(props: dict[str, Any]) -> HostTuningArgs:
+    try:
+        return HostTuningArgs.model_validate(_inputs(props))
+    except ValidationError as exc:
+        raise HostTuningError("invalid HostTuning inputs: " + "; ".join(
+            f"{_field(error)}: {error['msg']}" for error in exc.errors())) from None
+
+
+def _field(error: dict) -> str:
+    return ".".join(str(part) for part in error["loc"]) or "inputs"
+
+
+class HostTuningProvider(ResourceProvider):
+    """Pickled into every HostTuning resource's state: attributes are plain data only."""
+
+    def configure(self, req) -> None:
+        self.private_key = req.config.get("sshPrivateKey")
+        self.private_key_passphrase = req.config.get("sshPrivateKeyPassphrase")
+
+    # -- engine calls ----------------------------------------------------------------------------
+
+    def check(self, olds: dict, news: dict) -> CheckResult:
+        unknown = {key for key, value in news.items() if isinstance(value, Unknown)}
+        known = {key: value for key, value in _inputs(news).items() if key not in unknown}
+        try:
+            HostTuningArgs.model_validate(known)
+        except ValidationError as exc:
+            failures = [CheckFailure(_field(error), error["msg"]) for error in exc.errors()
+                        if not (error["type"] == "missing" and error["loc"][0] in unknown)]
+            return CheckResult(news, failures)
+        return CheckResult(news, [])
+
+    def diff(self, id_: str, olds: dict, news: dict) -> DiffResult:
+        old, new = _inputs(olds), _inputs(news)
+        changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
+        drifted = olds.get("inSync") is False or bool(olds.get("pendingReboot"))
+        return DiffResult(changes=bool(changed) or drifted,
+                          replaces=[key for key in changed if key in REPLACE_ON],
+                          delete_before_replace=True)
+
+    def create(self, props: dict) -> CreateResult:
+        spec = parse_inputs(props)
+        return CreateResult(f"{spec.address}:{spec.port}", self._converge(spec, props))
+
+    def update(self, id_: str, olds: dict, news: dict) -> UpdateResult:
+        return UpdateResult(self._converge(parse_inputs(news), news, previous=olds))
+
+    def read(self, id_: str, props: dict) -> ReadResult:
+        spec = parse_inputs(props)
+        host = self._host(spec)
+        facts, observed = observe(host, spec)
+        topology = _topology(host, spec, facts)
+        desired = desired_target(spec, facts, observed, topology)
+        drift = plan(desired, facts, observed)
+        originals = _originals(props, observed) or original_target(desired, facts, observed)
+        return ReadResult(id_, outputs(spec, props, facts, topology, desired, originals, drift,
+                                       changes=[], reboots=0))
+
+    def delete(self, id_: str, props: dict) -> None:
+        spec = parse_inputs(props)
+        host = self._host(spec)
+        facts, observed = observe(host, spec)
+        originals = _originals(props, observed)
+        if originals is None:
+            return  # nothing was ever changed on this host
+        self._apply_until_done(host, spec, lambda f, o: originals, facts, observed,
+                               extra_calls=[], finish=[
+                                   shell.call("vela_remove_file", ORIGINALS_FILE),
+                                   shell.call("vela_remove_empty_dirs", *ORIGINALS_DIRS)])
+
+    # -- converging ------------------------------------------------------------------------------
+
+    def _converge(self, spec: HostTuningArgs, props: dict,
+                  previous: dict | None = None) -> dict:
+        host = self._host(spec)
+        facts, observed = observe(host, spec)
+        topology = _topology(host, spec, facts)
+        desired = desired_target(spec, facts, observed, topology)
+        problems = preflight(spec, facts, observed, topology, desired)
+        if problems:
+            raise HostTuningError(f"{host.name}: preflight found {len(problems)} problem(s); "
+                                  f"nothing was changed:\n - " + "\n - ".join(problems))
+        saved = _originals(previous or {}, observed)
+        originals = merge_originals(saved.model_dump() if saved else None,
+                                    original_target(desired, facts, observed))
+        record = originals_record(originals)
+        save = [] if observed.files.get(ORIGINALS_FILE) == record else \
+            [shell.write_file(ORIGINALS_FILE, record, 0o600)]
+
+        def target_for(new_facts: HostFacts, new_observed: Observations) -> Target:
+            return desired_target(spec, new_facts, new_observed,
+                                  select_topology(spec, new_facts))
+
+        facts, observed, final, changes, reboots = self._apply_until_done(
+            host, spec, target_for, facts, observed, extra_calls=save, finish=[])
+        topology = select_topology(spec, facts)
+        desired = target_for(facts, observed)
+        return outputs(spec, props, facts, topology, desired, originals, final,
+                       changes=changes, reboots=reboots)
+
+    def _apply_until_done(self, host: Host, spec: HostTuningArgs, target_for, facts: HostFacts,
+                          observed: Observations, *, extra_calls: list[str],
+                          finish: list[str]) -> tuple:
+        """Apply, reboot when allowed and needed, repeat; then verify. Returns the final facts,
+        observations, the last plan, the changes made and the number of reboots."""
+        made: list[str] = []
+        reboots = 0
+        current = plan(target_for(facts, observed), facts, observed)
+        while True:
+            calls = extra_calls + [call for change in current.changes for call in change.calls]
+            extra_calls = []
+            if calls:
+                host.run_script(shell.script(calls, preamble=_root(host)), timeout=1800)
+                made += [change.summary() for change in current.changes]
+                facts, observed = observe(host, spec)
+                current = _short_hugepages_wait_for_boot(
+                    plan(target_for(facts, observed), facts, observed))
+            if current.reboots_required and spec.reboot == "allowed" and reboots < MAX_REBOOTS:
+                reboot_and_wait(host, spec.reboot_timeout)
+                reboots += 1
+                facts, observed = observe(host, spec)
+                current = plan(target_for(facts, observed), facts, observed)
+                continue
+            break
+        _verify(host, spec, current, reboots)
+        if finish:
+            host.run_script(shell.script(finish, preamble=_root(host)), timeout=120)
+        return facts, observed, current, made, reboots
+
+    def _host(self, spec: HostTuningArgs) -> Host:
+        key = getattr(self, "private_key", None)
+        if not key:
+            raise HostTuningError("no SSH private key: set it as secret stack config with "
+                                  "`pulumi config set --secret vela:sshPrivateKey < KEYFILE`")
+        return spec.connect(SecretKey(key, getattr(self, "private_key_passphrase", None)),
+                            name=f"{spec.address}:{spec.port}")
+
+
+def observe(host: Host, spec: HostTuningArgs) -> tuple[HostFacts, Observations]:
+    """Hardware facts and HostTuning's observations, from one remote command."""
+    text = run_gather(host, observe_script(spec))
+    return parse_facts(host, text), parse_observations(text)
+
+
+def _topology(host: Host, spec: HostTuningArgs, facts: HostFacts) -> Topology:
+    try:
+        return select_topology(spec, facts)
+    except SelectionError as exc:
+        raise HostTuningError(f"{host.name}: {exc}") from None
+
+
+def _root(host: Host) -> str:
+    return "" if host.sysroot == "/" else f"R={shlex.quote(host.sysroot)}\n"
+
+
+def _short_hugepages_wait_for_boot(current: Plan) -> Plan:
+    """Right after writing nr_hugepages, a pool still short means memory is too fragmented to
+    allocate at run time: the command line reserves the pages at the next boot."""
+    short = [change for change in current.changes if change.kind == "hugepages"]
+    if not short:
+        return current
+    reasons = [f"huge pages {change.subject}: {change.detail} could not be allocated at run "
+               f"time; the kernel command line reserves them at the next boot" for change in short]
+    return current.model_copy(update={
+        "changes": [change for change in current.changes if change.kind != "hugepages"],
+        "pending": current.pending + reasons,
+        "reboots_required": max(current.reboots_required, 1)})
+
+
+def _verify(host: Host, spec: HostTuningArgs, final: Plan, reboots: int) -> None:
+    """After applying: anything still to change did not take. Waiting for a reboot is fine
+    only when rebooting is not allowed (it is reported as pending)."""
+    stuck = list(final.changes)
+    if spec.reboot == "never":
+        stuck = [change for change in stuck if change.phase == "runtime"]
+    problems = [change.summary() for change in stuck]
+    if spec.reboot == "allowed" and final.pending:
+        problems += [f"still pending after {reboots} reboot(s): {reason}"
+                     for reason in final.pending]
+    if problems:
+        raise HostTuningError(f"{host.name}: these settings did not take:\n - "
+                              + "\n - ".join(problems))
+
+
+def originals_record(originals: Target) -> str:
+    return json.dumps(originals.model_dump(mode="json"), indent=1, sort_keys=True) + "\n"
+
+
+def _originals(props: dict, observed: Observations) -> Target | None:
+    """Originals from the last outputs, else from the host (saved before the first change)."""
+    saved = props.get("originals") or observed.originals
+    return Target.model_validate(saved) if saved else None
+
+
+def outputs(spec: HostTuningArgs, props: dict, facts: HostFacts, topology: Topology,
+            desired: Target, originals: Target, final: Plan, *, changes: list[str],
+            reboots: int) -> dict[str, Any]:
+    groups: dict[str, list[str]] = {}
+    for address in topology.vfio_devices:
+        group = facts.pci[address].iommu_group
+        groups.setdefault(str(group), sorted(
+            other for other, device in facts.pci.items() if device.iommu_group == group))
+    pairs = {pair.gpu: pair for pair in topology.pairs}
+    return {
+        **_inputs(props),
+        "gpus": [{"address": address, "vendorDevice": facts.pci[address].vendor_device,
+                  "numaNode": facts.pci[address].numa_node,
+                  "iommuGroup": facts.pci[address].iommu_group,
+                  "switch": pairs[address].switch, "pairedNic": pairs[address].nic,
+                  "acsPath": acs_path(facts, pairs[address])} for address in topology.gpus],
+        "nics": [{"address": address, "vendorDevice": facts.pci[address].vendor_device,
+                  "numaNode": facts.pci[address].numa_node,
+                  "switch": facts.upstream_switch(address),
+                  "interfaces": facts.pci[address].net,
+                  "sriovTotalVfs": facts.pci[address].sriov_totalvfs}
+                 for address in topology.nic_pfs],
+        "iommuGroups": groups,
+        "applied": _applied(desired),
+        "changes": changes,
+        "pendingReboot": bool(final.pending),
+        "pendingReasons": final.pending,
+        "reboots": reboots,
+        "originals": originals.model_dump(mode="json"),
+        "inSync": not final.changes,
+        "drift": [change.summary() for change in final.changes],
+    }
+
+
+def _applied(desired: Target) -> dict[str, Any]:
+    return {
+        "kernelArgs": sorted(token for token in desired.kernel_args.values() if token),
+        "vfio": sorted(address for address, driver in desired.drivers.items() if driver),
+        "registers": {key: f"{register.what}={register.value:#06x}/{register.mask:#06x}"
+                      for key, register in sorted(desired.registers.items())},
+        "hugepages": {str(node): count for node, count in sorted(desired.hugepages.items())},
+        "hugepageSizeKib": desired.hugepages_kib,
+        "firmware": desired.firmware,
+        "sysctls": desired.sysctls,
+    }

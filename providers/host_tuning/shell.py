@@ -1,0 +1,102 @@
+"""The shell side of HostTuning: one small library of host actions, and calls to it.
+
+Apply scripts and the boot-time script are this library plus a list of calls, rendered by pure
+functions with every argument quoted. Each call is one idempotent action that reports what it
+was doing if it fails. `R` is the sysroot ("" on a real host); commands that act on the running
+system rather than on files (modprobe, systemctl, bootloader tools, sysctl reload, firmware
+tools) run only on a real root.
+"""
+
+from __future__ import annotations
+
+import base64
+import shlex
+
+LIBRARY = r'''
+set -u
+R=${VELA_ROOT:-}
+vela_fail() { echo "vela: $*" >&2; exit 1; }
+vela_system() {  # run a command that acts on the live system, never against a sysroot
+  if [ -z "$R" ]; then "$@"; else echo "vela: sysroot $R: not running: $*" >&2; fi
+}
+vela_cfg_write() {  # ADDRESS OFFSET VALUE MASK: masked 16-bit config-space write
+  cfg="$R/sys/bus/pci/devices/$1/config"
+  current=$(od -An -tu2 -j "$2" -N 2 "$cfg" 2>/dev/null | tr -d ' ')
+  [ -n "$current" ] || vela_fail "cannot read register $2 of $1"
+  new=$(( (current & ~$4) | ($3 & $4) ))
+  [ "$new" -eq "$current" ] && return 0
+  bytes=$(printf '\\%03o\\%03o' $((new & 255)) $((new >> 8)))
+  printf "$bytes" | dd of="$cfg" bs=2 seek=$(($2 / 2)) count=1 conv=notrunc status=none \
+    || vela_fail "cannot write register $2 of $1"
+}
+vela_bind() {  # ADDRESS DRIVER: bind to DRIVER through driver_override ("" = back to default)
+  dev="$R/sys/bus/pci/devices/$1"
+  [ -e "$dev" ] || vela_fail "no PCI device $1"
+  [ -z "$2" ] || vela_system modprobe "$2" || vela_fail "cannot load module $2"
+  printf '%s\n' "$2" > "$dev/driver_override" || vela_fail "cannot set driver_override of $1"
+  if [ -e "$dev/driver" ]; then
+    current=$(readlink "$dev/driver"); current=${current##*/}
+    [ -n "$2" ] && [ "$current" = "$2" ] && return 0
+    printf '%s' "$1" > "$dev/driver/unbind" || vela_fail "cannot unbind $1 from $current"
+  fi
+  printf '%s' "$1" > "$R/sys/bus/pci/drivers_probe" 2>/dev/null || :
+  if [ -z "$R" ] && [ -n "$2" ]; then
+    current=$(readlink "$dev/driver" 2>/dev/null); current=${current##*/}
+    [ "$current" = "$2" ] || vela_fail "$1 did not bind to $2 (bound to: ${current:-nothing})"
+  fi
+}
+vela_hugepages() {  # NODE SIZE_KIB COUNT
+  pool="$R/sys/devices/system/node/node$1/hugepages/hugepages-$2kB/nr_hugepages"
+  printf '%s\n' "$3" > "$pool" || vela_fail "cannot set huge pages of node $1"
+}
+vela_sysctl() {  # NAME VALUE
+  printf '%s\n' "$2" > "$R/proc/sys/$(printf '%s' "$1" | tr . /)" \
+    || vela_fail "cannot set sysctl $1"
+}
+vela_write_file() {  # PATH MODE BASE64: atomic replace, parents created
+  mkdir -p "$(dirname "$R$1")" || vela_fail "cannot create the directory of $1"
+  tmp=$(mktemp "$R$1.vela-XXXXXX") || vela_fail "cannot write next to $1"
+  if printf '%s' "$3" | base64 -d > "$tmp" && chmod "$2" "$tmp" && mv -f "$tmp" "$R$1"; then
+    return 0
+  fi
+  rm -f "$tmp"; vela_fail "cannot write $1"
+}
+vela_remove_file() { rm -f "$R$1" || vela_fail "cannot remove $1"; }
+vela_remove_empty_dirs() {  # DIR...: remove each directory if it is empty (innermost first)
+  for dir in "$@"; do rmdir "$R$dir" 2>/dev/null || :; done
+}
+vela_unit() {  # enable|disable UNIT
+  vela_system systemctl daemon-reload || vela_fail "systemctl daemon-reload failed"
+  vela_system systemctl "$1" "$2" || vela_fail "cannot $1 $2"
+}
+vela_bootloader() {  # TOOL: regenerate the boot configuration from /etc/default/grub
+  case $1 in
+    update-grub) vela_system update-grub ;;
+    grub2-mkconfig|grub-mkconfig)
+      if [ -e /boot/grub2/grub.cfg ]; then vela_system "$1" -o /boot/grub2/grub.cfg
+      else vela_system "$1" -o /boot/grub/grub.cfg; fi ;;
+    *) vela_fail "unknown bootloader tool $1" ;;
+  esac || vela_fail "$1 failed: the kernel command line change is not installed"
+}
+vela_grubby() {  # ADD REMOVE: arguments for every installed kernel
+  vela_system grubby --update-kernel=ALL ${1:+--args="$1"} ${2:+--remove-args="$2"} \
+    || vela_fail "grubby could not change the kernel command line"
+}
+vela_firmware() {  # TOOL DEVICE NAME=VALUE...
+  tool=$1 device=$2; shift 2
+  out=$(vela_system "$tool" -d "$device" -y set "$@" 2>&1) || vela_fail "$tool set on $device failed: $out"
+  case $out in *"-E-"*) vela_fail "$tool set on $device failed: $out" ;; esac
+}
+'''
+
+
+def call(function: str, *args: object) -> str:
+    return " ".join([function, *(shlex.quote(str(arg)) for arg in args)])
+
+
+def write_file(path: str, content: str, mode: int = 0o644) -> str:
+    return call("vela_write_file", path, f"{mode:o}", base64.b64encode(content.encode()).decode())
+
+
+def script(calls: list[str], preamble: str = "") -> str:
+    return LIBRARY + preamble + "\n".join(calls) + "\n"
