@@ -54,6 +54,7 @@ def plan(target: Target, facts: HostFacts, observed: Observations) -> Plan:
     _unit(target, observed, result)
     _sysctls(target, observed, result)
     _drivers(target, facts, result)
+    _modules(target, observed, result)
     _registers(target, facts, result)
     _hugepages(target, facts, result)
     _kernel_args(target, facts, observed, result)
@@ -115,6 +116,15 @@ def _drivers(target: Target, facts: HostFacts, result: Plan) -> None:
         result.changes.append(Change(kind="driver", subject=address, detail=detail,
                                      phase="runtime",
                                      calls=[shell.call("vela_bind", address, override or "")]))
+
+
+def _modules(target: Target, observed: Observations, result: Plan) -> None:
+    for name, loaded in sorted(target.modules.items()):
+        if loaded == (name in observed.modules):
+            continue
+        verb = "load" if loaded else "unload"
+        result.changes.append(Change(kind="module", subject=name, detail=verb, phase="runtime",
+                                     calls=[shell.call("vela_module", verb, name)]))
 
 
 def _registers(target: Target, facts: HostFacts, result: Plan) -> None:
@@ -191,6 +201,8 @@ def _firmware(target: Target, observed: Observations, result: Plan) -> list[str]
         params = query.device.params if query and query.device else {}
         to_set: dict[str, int] = {}
         for name, value in wanted.items():
+            if value is None:
+                continue  # not visible before vela changed anything: not ours to restore
             param = params.get(name)
             if param is None:
                 gate = REQUIRES_ACTIVE.get(name)

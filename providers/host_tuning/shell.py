@@ -45,6 +45,10 @@ vela_bind() {  # ADDRESS DRIVER: bind to DRIVER through driver_override ("" = ba
     [ "$current" = "$2" ] || vela_fail "$1 did not bind to $2 (bound to: ${current:-nothing})"
   fi
 }
+vela_module() {  # load|unload MODULE
+  if [ "$1" = load ]; then vela_system modprobe "$2" || vela_fail "cannot load module $2"
+  else vela_system modprobe -r "$2" || vela_fail "cannot unload module $2 (still in use?)"; fi
+}
 vela_hugepages() {  # NODE SIZE_KIB COUNT
   pool="$R/sys/devices/system/node/node$1/hugepages/hugepages-$2kB/nr_hugepages"
   printf '%s\n' "$3" > "$pool" || vela_fail "cannot set huge pages of node $1"
@@ -84,7 +88,8 @@ vela_grubby() {  # ADD REMOVE: arguments for every installed kernel
 }
 vela_firmware() {  # TOOL DEVICE NAME=VALUE...
   tool=$1 device=$2; shift 2
-  out=$(vela_system "$tool" -d "$device" -y set "$@" 2>&1) || vela_fail "$tool set on $device failed: $out"
+  if [ -n "$R" ]; then vela_system "$tool" -d "$device" -y set "$@"; return 0; fi
+  out=$("$tool" -d "$device" -y set "$@" 2>&1) || vela_fail "$tool set on $device failed: $out"
   case $out in *"-E-"*) vela_fail "$tool set on $device failed: $out" ;; esac
 }
 '''

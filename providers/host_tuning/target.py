@@ -73,8 +73,10 @@ class Target(BaseModel):
     hugepages_kib: int | None = None
     hugepages: dict[int, int] = Field(default_factory=dict)  # node -> pages
     hugepages_total: int | None = None
+    modules: dict[str, bool] = Field(default_factory=dict)  # module -> loaded
     firmware_tool: str | None = None
-    firmware: dict[str, dict[str, int]] = Field(default_factory=dict)
+    # device -> parameter -> value; None: not visible when captured, leave it alone
+    firmware: dict[str, dict[str, int | None]] = Field(default_factory=dict)
     sysctls: dict[str, str] = Field(default_factory=dict)
 
 
@@ -140,6 +142,7 @@ def desired_target(spec: HostTuningArgs, facts: HostFacts, observed: Observation
     target.registers = _registers(spec, facts, topology)
     if spec.vfio:
         target.drivers = {address: "vfio-pci" for address in topology.vfio_devices}
+        target.modules = {"vfio_pci": True}
     _hugepages(spec, facts, target)
     _firmware(spec, observed, topology, target)
     target.sysctls = dict(spec.sysctls)
@@ -298,6 +301,7 @@ def original_target(desired: Target, facts: HostFacts, observed: Observations) -
     for address in desired.drivers:
         device = facts.pci.get(address)
         original.drivers[address] = device.driver_override if device else None
+    original.modules = {name: name in observed.modules for name in desired.modules}
     if desired.hugepages_kib is not None:
         original.hugepages_kib = desired.hugepages_kib
         for node in desired.hugepages:
@@ -307,8 +311,8 @@ def original_target(desired: Target, facts: HostFacts, observed: Observations) -
     for device, settings in desired.firmware.items():
         query = observed.firmware.get(device)
         params = query.device.params if query and query.device else {}
-        original.firmware[device] = {name: params[name].next_boot for name in settings
-                                     if name in params and params[name].next_boot is not None}
+        original.firmware[device] = {name: params[name].next_boot if name in params else None
+                                     for name in settings}
     original.sysctls = {name: observed.sysctls[name] for name in desired.sysctls
                         if name in observed.sysctls}
     return original
@@ -320,7 +324,8 @@ def merge_originals(saved: dict[str, Any] | None, captured: Target) -> Target:
     if not saved:
         return captured
     merged = Target.model_validate(saved)
-    for name in ["kernel_args", "files", "registers", "drivers", "hugepages", "sysctls"]:
+    for name in ["kernel_args", "files", "registers", "drivers", "hugepages", "sysctls",
+                 "modules"]:
         combined = {**getattr(captured, name), **getattr(merged, name)}
         setattr(merged, name, combined)
     for variable, keys in captured.grub.items():

@@ -16,6 +16,7 @@ that do not exist, huge pages beyond a node's memory, an AMD IOMMU on an Intel C
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,9 @@ ACS_REQUIRED = 0x01 | 0x04 | 0x08 | 0x10  # SV, RR, CR, UF: what the kernel need
 ACS_LINUX_DEFAULT = ACS_REQUIRED  # what Linux enables at boot with an IOMMU on
 ACS_EGRESS_CONTROL = 0x20
 CLASS_PCI_BRIDGE = 0x060400
+STANDARD_DIRECTORIES = ["etc/modprobe.d", "etc/modules-load.d", "etc/sysctl.d",
+                        "etc/systemd/system/multi-user.target.wants", "usr/local/sbin",
+                        "var/lib"]
 
 
 class ImpossibleHardware(ValueError):
@@ -130,7 +134,7 @@ class FakeHost:
                  kernel: str = "6.1.0-28-amd64",
                  cmdline: str = "BOOT_IMAGE=/boot/vmlinuz-6.1.0-28-amd64 root=UUID="
                                 "3f1c2b9e-5a8d-4e61-9c0e-2b7f4a6d8e10 ro quiet",
-                 default_hugepage_kib: int = 2048) -> None:
+                 default_hugepage_kib: int = 2048, grub_defaults: str | None = None) -> None:
         if cpu_vendor not in {"GenuineIntel", "AuthenticAMD"}:
             raise ImpossibleHardware(f"unknown CPU vendor {cpu_vendor!r}")
         expected_table = "DMAR" if cpu_vendor == "GenuineIntel" else "IVRS"
@@ -146,6 +150,8 @@ class FakeHost:
         self.kernel = kernel
         self.cmdline = cmdline
         self.default_hugepage_kib = default_hugepage_kib
+        self.grub_defaults = grub_defaults
+        self.modules: set[str] = set()
         self.nodes: dict[int, NumaSpec] = {}
         self.complexes: list[RootComplex] = []
         self.functions: dict[str, Function] = {}
@@ -264,6 +270,12 @@ class FakeHost:
         _HostWriter(self, root).write()
         return root
 
+    def config_space(self, address: str) -> bytes:
+        """The power-on config space of a function (what a reboot returns it to)."""
+        function = self.functions[address]
+        return build_config(_config_spec(function, function.physfn is not None,
+                                         list(self.functions.values())))
+
     # -- internals -------------------------------------------------------------------------------
 
     def _bridge(self, complex_: RootComplex, parent: Function | None, bus: int, device: int,
@@ -372,6 +384,14 @@ class _HostWriter:
         self._file("proc/cmdline", host.cmdline + "\n")
         self._file("proc/sys/kernel/hostname", host.hostname + "\n")
         self._file("proc/sys/kernel/osrelease", host.kernel + "\n")
+        self._file("proc/sys/kernel/random/boot_id", str(uuid.uuid4()) + "\n")
+        self._file("proc/modules", "".join(f"{name} 16384 0 - Live 0x0000000000000000\n"
+                                           for name in sorted(host.modules)))
+        if host.grub_defaults is not None:
+            self._file("etc/default/grub", host.grub_defaults)
+        # The directories every Debian/RHEL root has, which configuration lands in.
+        for directory in STANDARD_DIRECTORIES:
+            (self.root / directory).mkdir(parents=True, exist_ok=True)
         total = sum(node.memory_kib for node in host.nodes.values())
         default = host.default_hugepage_kib
         pages = sum(node.hugepages.get(default, 0) for node in host.nodes.values())

@@ -61,10 +61,12 @@ class HgxLayout:
 
 def hgx_a100(*, hostname: str = "hgx-a100-01", cmdline: str | None = None,
              hugepages_1g_per_node: int = 0, nic_vfs: int = 0, nic_ats: bool = False,
-             iommu_active: bool = True) -> tuple[FakeHost, HgxLayout]:
+             iommu_active: bool = True,
+             grub_defaults: str | None = None) -> tuple[FakeHost, HgxLayout]:
     options = {} if cmdline is None else {"cmdline": cmdline}
     host = FakeHost(hostname=hostname, cpu_vendor="GenuineIntel", iommu_table="DMAR",
-                    iommu_active=iommu_active, **options)
+                    iommu_active=iommu_active, grub_defaults=grub_defaults, **options)
+    host.modules = {"nvidia", "mlx5_core"}
     host.numa_node(0, "0-39,80-119", 1024, {1048576: hugepages_1g_per_node})
     host.numa_node(1, "40-79,120-159", 1024, {1048576: hugepages_1g_per_node})
     layout = HgxLayout()

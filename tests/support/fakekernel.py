@@ -1,0 +1,169 @@
+"""Plays the parts of a running system that a fake host root cannot: the kernel, systemd and
+the bootloader, so HostTuning's real scripts can run against an HGX fixture and converge.
+
+HostTuning's shell library runs every command that acts on the live system through
+`vela_system`, which under a sysroot prints `vela: sysroot ROOT: not running: COMMAND` instead.
+`FakeKernel.after(result)` reads those lines and does what the command would have done
+(enable/disable a unit, set firmware through the stand-in), then settles driver bindings as the
+kernel does after a `drivers_probe`. `reboot()` is a power cycle: new boot id, the command line
+from /etc/default/grub, config space back to power-on values, vfio-pci.ids and huge pages
+applied from the command line, the firmware's next-boot values made current (by the stand-in),
+then the boot unit run if enabled.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import uuid
+from pathlib import Path
+
+from providers.facts.cmdline import cmdline_value
+from providers.host_tuning import grub
+from providers.host_tuning.observe import BOOT_SCRIPT, GRUB_DEFAULTS, UNIT_LINK, UNIT_NAME
+
+from .fakehost import FakeHost
+
+# What GRUB puts before the configured arguments (the fixture boots the same way).
+BOOT_PREFIX = ("BOOT_IMAGE=/boot/vmlinuz-6.1.0-28-amd64 "
+               "root=UUID=3f1c2b9e-5a8d-4e61-9c0e-2b7f4a6d8e10 ro")
+
+
+class FakeKernel:
+    def __init__(self, host: FakeHost, root: Path) -> None:
+        self.host = host
+        self.root = Path(root)
+        self.defaults = {address: function.driver
+                         for address, function in host.functions.items()}
+
+    # -- after a script ran ----------------------------------------------------------------------
+
+    def after(self, stderr: str) -> None:
+        for line in stderr.splitlines():
+            marker = f"vela: sysroot {self.root}: not running: "
+            if line.startswith(marker):
+                self._system(shlex.split(line[len(marker):]))
+        self.settle()
+
+    def _system(self, argv: list[str]) -> None:
+        if argv[:2] == ["systemctl", "enable"] and argv[2] == UNIT_NAME:
+            link = self.root / UNIT_LINK.lstrip("/")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink():
+                link.symlink_to(f"../{UNIT_NAME}")
+        elif argv[:2] == ["systemctl", "disable"] and argv[2] == UNIT_NAME:
+            (self.root / UNIT_LINK.lstrip("/")).unlink(missing_ok=True)
+        elif argv[:1] == ["modprobe"]:
+            if argv[1] == "-r":
+                self._unload(argv[2])
+            else:
+                self._load(argv[1])
+        elif argv and argv[0].endswith("standin") and "set" in argv:
+            subprocess.run(argv, env={**os.environ, "VELA_ROOT": str(self.root)}, check=True,
+                           capture_output=True)
+        # update-grub, modprobe, daemon-reload: nothing to emulate (the reboot reads the file)
+
+    def _modules(self) -> list[str]:
+        path = self.root / "proc/modules"
+        return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+
+    def _write_modules(self, names: list[str]) -> None:
+        (self.root / "proc/modules").write_text("".join(
+            f"{name} 16384 0 - Live 0x0000000000000000\n" for name in names))
+
+    def _load(self, name: str) -> None:
+        module = name.replace("-", "_")
+        if module not in self._modules():
+            self._write_modules(self._modules() + [module])
+        (self.root / "sys/bus/pci/drivers" / module.replace("_", "-")).mkdir(
+            parents=True, exist_ok=True)
+
+    def _unload(self, name: str) -> None:
+        module = name.replace("-", "_")
+        self._write_modules([m for m in self._modules() if m != module])
+        driver = self.root / "sys/bus/pci/drivers" / module.replace("_", "-")
+        if driver.exists() and not any(driver.iterdir()):
+            driver.rmdir()
+
+    def settle(self) -> None:
+        """Bind what `drivers_probe` was asked to bind, and size huge page pools as asked
+        (none of their pages in use), as the kernel would."""
+        for pool in self.root.glob("sys/devices/system/node/node*/hugepages/hugepages-*"):
+            (pool / "free_hugepages").write_text((pool / "nr_hugepages").read_text())
+        probe = self.root / "sys/bus/pci/drivers_probe"
+        if not probe.exists():
+            return
+        for address in probe.read_text().split():
+            device = self.root / "sys/bus/pci/devices" / address
+            override = (device / "driver_override").read_text().strip()
+            self._bind(address, None if override in ("", "(null)") else override)
+        probe.unlink()
+        for unbind in self.root.glob("sys/bus/pci/drivers/*/unbind"):
+            unbind.unlink()
+
+    def _bind(self, address: str, driver: str | None) -> None:
+        device = self.root / "sys/bus/pci/devices" / address
+        link = device / "driver"
+        if link.is_symlink():
+            old = os.readlink(link).rsplit("/", 1)[-1]
+            (self.root / "sys/bus/pci/drivers" / old / address).unlink(missing_ok=True)
+            link.unlink()
+        driver = driver or self.defaults.get(address)
+        if driver:
+            drivers = self.root / "sys/bus/pci/drivers" / driver
+            drivers.mkdir(parents=True, exist_ok=True)
+            real = device.resolve()
+            link.symlink_to(os.path.relpath(drivers, real))
+            (drivers / address).symlink_to(os.path.relpath(real, drivers))
+
+    # -- a reboot --------------------------------------------------------------------------------
+
+    def reboot(self) -> None:
+        (self.root / "proc/sys/kernel/random/boot_id").write_text(f"{uuid.uuid4()}\n")
+        text = (self.root / GRUB_DEFAULTS.lstrip("/")).read_text()
+        found = grub.variables(text)
+        cmdline = " ".join([BOOT_PREFIX, *found[grub.LINUX], *found[grub.DEFAULT]])
+        (self.root / "proc/cmdline").write_text(cmdline + "\n")
+        vfio_ids = set((cmdline_value(cmdline, "vfio-pci.ids") or "").split(","))
+        self._write_modules(sorted(self.host.modules))
+        for driver in [self.root / "sys/bus/pci/drivers/vfio-pci"]:
+            for entry in driver.glob("*"):
+                entry.unlink()
+            if driver.exists():
+                driver.rmdir()
+        for conf in sorted((self.root / "etc/modules-load.d").glob("*.conf")):
+            for line in conf.read_text().splitlines():
+                if line.strip() and not line.startswith("#"):
+                    self._load(line.strip())
+        for address, function in self.host.functions.items():
+            device = self.root / "sys/bus/pci/devices" / address
+            (device / "config").write_bytes(self.host.config_space(address))
+            (device / "driver_override").write_text("(null)\n")
+            ids = f"{function.vendor_id:04x}:{function.device_id:04x}"
+            self._bind(address, "vfio-pci" if ids in vfio_ids else None)
+        self._boot_hugepages(cmdline)
+        if (self.root / UNIT_LINK.lstrip("/")).exists() and (self.root / BOOT_SCRIPT.lstrip("/")).exists():
+            result = subprocess.run(["sh", str(self.root / BOOT_SCRIPT.lstrip("/"))],
+                                    env={**os.environ, "VELA_ROOT": str(self.root)},
+                                    capture_output=True, text=True)
+            self.after(result.stderr)
+
+    def _boot_hugepages(self, cmdline: str) -> None:
+        size = cmdline_value(cmdline, "hugepagesz")
+        count = cmdline_value(cmdline, "hugepages")
+        kib = {"1G": 1048576, "2M": 2048}.get(size or "2M", 2048)
+        nodes = sorted(self.host.nodes)
+        per_node = {node: 0 for node in nodes}
+        if count and ":" in count:
+            for part in count.split(","):
+                node, pages = part.split(":")
+                per_node[int(node)] = int(pages)
+        elif count:
+            total = int(count)
+            per_node = {node: total // len(nodes) + (1 if i < total % len(nodes) else 0)
+                        for i, node in enumerate(nodes)}
+        for node, pages in per_node.items():
+            pool = self.root / f"sys/devices/system/node/node{node}/hugepages/hugepages-{kib}kB"
+            (pool / "nr_hugepages").write_text(f"{pages}\n")
+            (pool / "free_hugepages").write_text(f"{pages}\n")

@@ -1,0 +1,252 @@
+"""HostTuning's planner on the HGX A100 fixture, in both modes, through to convergence.
+
+The fixture's root is read by the real facts/observation script and changed by the real apply
+scripts; `FakeKernel` plays the kernel, systemd and reboots (see its docstring), and the
+mstconfig stand-in plays the NIC firmware. Everything the planner decides is checked, including
+the two-reboot firmware sequence and a delete that restores the host byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from providers.host import LocalHost
+from providers.host_tuning import shell
+from providers.host_tuning.observe import ORIGINALS_DIRS, ORIGINALS_FILE
+from providers.host_tuning.plan import plan
+from providers.host_tuning.preflight import preflight
+from providers.host_tuning.provider import _root, observe, originals_record
+from providers.host_tuning.spec import HostTuningArgs
+from providers.host_tuning.target import (ACS_VM, desired_target, merge_originals,
+                                          original_target, select_topology)
+from tests.support.fakekernel import FakeKernel
+from tests.support.hgx import hgx_a100
+from tests.support.recorded import recorded
+
+STANDIN = str(Path(__file__).resolve().parents[1] / "support" / "standins" / "mstconfig-standin")
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+DEBIAN_GRUB = recorded("files/etc-default-grub-debian12.txt")
+
+
+class Rig:
+    """The HGX fixture, a host rooted at it, and the fake kernel."""
+
+    def __init__(self, root: Path, mode: str = "vm", **spec) -> None:
+        self.fake, self.layout = hgx_a100(nic_vfs=2, grub_defaults=DEBIAN_GRUB)
+        self.root = self.fake.write(root)
+        self.kernel = FakeKernel(self.fake, self.root)
+        self.host = LocalHost(str(self.root))
+        self.spec = HostTuningArgs.model_validate({
+            "address": "10.0.0.1", "hostKey": HOST_KEY, "mode": mode,
+            "hugepages": {"perNode": {"0": 8, "1": 8}}, "firmware": {"tool": STANDIN},
+            "sysctls": {"vm.swappiness": "10"}, **spec})
+        (self.root / "proc/sys/vm").mkdir(parents=True, exist_ok=True)
+        (self.root / "proc/sys/vm/swappiness").write_text("60\n")
+
+    def look(self):
+        facts, observed = observe(self.host, self.spec)
+        topology = select_topology(self.spec, facts)
+        return facts, observed, topology, desired_target(self.spec, facts, observed, topology)
+
+    def plan(self, target=None):
+        facts, observed, _, desired = self.look()
+        return plan(target or desired, facts, observed)
+
+    def apply(self, calls: list[str]) -> None:
+        result = self.host.run_script(shell.script(calls, preamble=_root(self.host)))
+        self.kernel.after(result.error_text)
+
+    def converge(self, target_for=None, limit: int = 3) -> list:
+        """Apply, reboot, repeat (as the provider does); return each round's plan."""
+        rounds = []
+        for _ in range(limit + 1):
+            current = self.plan(target_for() if target_for else None)
+            rounds.append(current)
+            if current.changes:
+                self.apply([call for change in current.changes for call in change.calls])
+                current = self.plan(target_for() if target_for else None)
+            if not current.reboots_required:
+                return rounds
+            self.kernel.reboot()
+        raise AssertionError(f"no convergence: {rounds[-1]}")
+
+    def snapshot(self) -> dict:
+        """What delete must give back: command line, files, sysfs values, firmware."""
+        state = {}
+        for path in sorted(self.root.rglob("*")):
+            relative = str(path.relative_to(self.root))
+            if relative.startswith(("proc/sys/kernel/random", "var/lib/mstconfig-standin")):
+                continue
+            if path.is_symlink():
+                state[relative] = "-> " + str(path.readlink())
+            elif path.is_file():
+                state[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
+            else:
+                state[relative] = "dir"
+        return state
+
+
+def _by_kind(current, kind):
+    return [change for change in current.changes if change.kind == kind]
+
+
+def test_vm_mode_plan_for_a_fresh_hgx_node(tmp_path):
+    rig = Rig(tmp_path)
+    current = rig.plan()
+    args, = _by_kind(current, "kernel-args")
+    assert args.phase == "reboot"
+    for token in ["intel_iommu=on", "iommu=pt", "vfio-pci.ids=10de:1af1,10de:20b2",
+                  "modprobe.blacklist=nouveau", "rd.driver.blacklist=nouveau",
+                  "default_hugepagesz=1G", "hugepagesz=1G", "hugepages=0:8,1:8"]:
+        assert f"+{token}" in args.detail.split()
+    vfio = {change.subject for change in _by_kind(current, "driver")}
+    assert vfio == set(rig.layout.gpus) | set(rig.layout.nvswitches)
+    acs = [change for change in _by_kind(current, "register") if "ACS" in change.detail]
+    # Per switch: the downstream ports of both GPUs and of the NIC (the upstream port has no
+    # ACS capability, as the specification allows).
+    assert len(acs) == 12 and all(change.detail.endswith(f"-> {ACS_VM:#06x}") for change in acs)
+    mrrs = [change for change in _by_kind(current, "register") if "Max Read" in change.detail]
+    assert len(mrrs) == 8 + 8 + 16  # GPUs, NIC PFs, their VFs
+    assert all(int(change.detail.split("-> ")[1], 16) & 0x7000 == 0x5000 for change in mrrs)
+    firmware = _by_kind(current, "firmware")
+    assert [change.subject for change in firmware] == [
+        pfs[0] for pfs in (switch.nic_pfs for switch in rig.layout.switches)]
+    assert all("MAX_ACC_OUT_READ" not in change.detail for change in firmware)
+    assert "ADVANCED_PCI_SETTINGS=1" in firmware[0].detail
+    assert "ATS_ENABLED=1" in firmware[0].detail and "NUM_OF_VFS=8" in firmware[0].detail
+    assert "PCI_WR_ORDERING" not in firmware[0].detail  # per_mkey(0) already: nothing to set
+    assert current.reboots_required == 2  # MAX_ACC_OUT_READ waits for ADVANCED_PCI_SETTINGS
+    assert {change.subject for change in _by_kind(current, "hugepages")} == {"node0", "node1"}
+    assert [change.subject for change in _by_kind(current, "sysctl")] == ["vm.swappiness"]
+    assert [change.detail for change in _by_kind(current, "unit")] == ["enable"]
+
+
+def test_baremetal_mode_differs_only_in_acs_ats_and_write_ordering(tmp_path):
+    vm = Rig(tmp_path / "vm").plan()
+    bare = Rig(tmp_path / "bare", mode="baremetal").plan()
+    assert [c.subject for c in vm.changes] == [c.subject for c in bare.changes]
+    differing = {(a.kind, a.subject) for a, b in zip(vm.changes, bare.changes)
+                 if a.detail != b.detail}
+    kinds = {kind for kind, _ in differing}
+    assert kinds == {"register", "firmware"}  # ACS values; firmware ATS and write ordering
+    bare_acs = [c for c in bare.changes if c.kind == "register" and "ACS" in c.detail]
+    assert all(c.detail.endswith("-> 0x0000") or "0x001d -> 0x0000" in c.detail
+               for c in bare_acs)
+    bare_fw = [c for c in bare.changes if c.kind == "firmware"][0].detail
+    assert "ATS_ENABLED=0" not in bare_fw  # already 0 on the stand-in: nothing to set
+    assert "PCI_WR_ORDERING=1" in bare_fw
+
+
+def test_two_reboot_firmware_sequence_then_an_empty_plan(tmp_path):
+    rig = Rig(tmp_path)
+    rounds = rig.converge()
+    assert len(rounds) == 3  # apply + reboot, set MAX_ACC_OUT_READ + reboot, done
+    second = _by_kind(rounds[1], "firmware")
+    assert {change.detail for change in second} == {"MAX_ACC_OUT_READ=44"}
+    assert rounds[1].reboots_required == 1
+    final = rig.plan()
+    assert final.empty and final.reboots_required == 0
+    assert final.script().strip().endswith("}")  # the library and no call at all
+    facts, observed, topology, desired = rig.look()
+    assert facts.device(rig.layout.gpus[0]).driver == "vfio-pci"
+    assert facts.device(rig.layout.gpus[0]).caps.pcie.max_read_request == 4096
+    assert facts.node(0).pool(1048576).total == 8
+    switch = rig.layout.switches[0]
+    for bridge in facts.path_between(switch.gpus[0], switch.nic_pfs[0])[1:]:
+        assert facts.device(bridge).caps.acs.control == ACS_VM
+    params = observed.firmware[switch.nic_pfs[0]].device.params
+    assert params["MAX_ACC_OUT_READ"].current == 44 and params["ATS_ENABLED"].current == 1
+    assert "intel_iommu=on" in facts.cmdline_args and observed.unit_enabled
+
+
+def test_boot_unit_reapplies_what_a_reboot_forgets(tmp_path):
+    rig = Rig(tmp_path)
+    rig.converge()
+    rig.kernel.reboot()  # config space back to power-on values; the unit runs
+    assert rig.plan().empty
+
+
+def test_delete_restores_the_host_byte_for_byte(tmp_path):
+    rig = Rig(tmp_path)
+    before = rig.snapshot()
+    facts, observed, _, desired = rig.look()
+    originals = merge_originals(None, original_target(desired, facts, observed))
+    rig.apply([shell.write_file(ORIGINALS_FILE, originals_record(originals), 0o600)])
+    rig.converge()
+    assert rig.snapshot() != before
+    rig.converge(target_for=lambda: originals)
+    rig.apply([shell.call("vela_remove_file", ORIGINALS_FILE),
+               shell.call("vela_remove_empty_dirs", *ORIGINALS_DIRS)])
+    after = rig.snapshot()
+    assert {key for key in set(before) ^ set(after)} == set()
+    assert [key for key in before if before[key] != after[key]] == []
+
+
+def test_originals_saved_first_win_over_later_captures(tmp_path):
+    rig = Rig(tmp_path)
+    facts, observed, _, desired = rig.look()
+    first = merge_originals(None, original_target(desired, facts, observed))
+    rig.converge()
+    facts, observed, _, desired = rig.look()
+    later = original_target(desired, facts, observed)
+    merged = merge_originals(first.model_dump(), later)
+    assert merged == first and later != first
+
+
+@pytest.mark.parametrize("change, expected", [
+    (dict(iommu_table=None), "turn on Intel VT-d"),
+    (dict(hugepages={"perNode": {"0": 1024, "1": 1}}), "NUMA node 0: 1024 huge pages"),
+    (dict(hugepages={"perNode": {"7": 1}}), "NUMA node 7, which this host does not have"),
+    (dict(firmware={"tool": "/usr/bin/definitely-missing-tool"}), "could not query"),
+    (dict(firmware={"tool": STANDIN, "settings": {"NO_SUCH_PARAM": 1}}),
+     "has no NO_SUCH_PARAM parameter"),
+])
+def test_preflight_names_the_problem(tmp_path, change, expected):
+    host_changes = {key: value for key, value in change.items() if key == "iommu_table"}
+    spec_changes = {key: value for key, value in change.items() if key != "iommu_table"}
+    rig = Rig(tmp_path, **spec_changes)
+    if host_changes:
+        (rig.root / "sys/firmware/acpi/tables/DMAR").unlink()
+    facts, observed, topology, desired = rig.look()
+    problems = preflight(rig.spec, facts, observed, topology, desired)
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_preflight_missing_acs_and_unviable_group(tmp_path):
+    from tests.support.fakehost import FakeHost
+
+    host = FakeHost(grub_defaults=DEBIAN_GRUB)
+    host.numa_node(0, "0-7", 64)
+    # Two cascaded switches without ACS: everything below the outer downstream port shares
+    # its IOMMU group (the kernel's rule), and the inner ports cannot be given ACS either.
+    top = host.switch(host.root_port(host.root_complex(0x10, 0), 1), 1, acs=None)
+    inner = host.switch(top.downstream[0], 2, acs=None)
+    gpu, = host.endpoint(inner.downstream[0], vendor_id=0x10DE, device_id=0x20B2,
+                         class_code=0x030200, driver="nvidia")
+    nic, = host.endpoint(inner.downstream[1], vendor_id=0x15B3, device_id=0x101B,
+                         class_code=0x020000, driver="mlx5_core", sriov_total_vfs=8,
+                         sriov_vf_device=0x101C, net=["ens1np0"])
+    root = host.write(tmp_path)
+    spec = HostTuningArgs.model_validate({"address": "10.0.0.1", "hostKey": HOST_KEY,
+                                          "firmware": {"enabled": False}})
+    facts, observed = observe(LocalHost(str(root)), spec)
+    topology = select_topology(spec, facts)
+    problems = preflight(spec, facts, observed, topology,
+                         desired_target(spec, facts, observed, topology))
+    assert any("has no ACS capability: turn on \"ACS\"" in p for p in problems)
+    assert any(f"also holds {nic.address}" in p for p in problems)
+
+
+def test_selection_errors(tmp_path):
+    rig = Rig(tmp_path, gpus=["10de:9999"])
+    from providers.host_tuning.target import SelectionError
+    facts, _ = observe(rig.host, rig.spec)
+    with pytest.raises(SelectionError, match="no device on this host matches"):
+        select_topology(rig.spec, facts)
+    missing = HostTuningArgs.model_validate({"address": "10.0.0.1", "hostKey": HOST_KEY,
+                                             "gpus": ["0000:ee:00.0"]})
+    with pytest.raises(SelectionError, match="no PCI device 0000:ee:00.0"):
+        select_topology(missing, facts)
