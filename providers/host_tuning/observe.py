@@ -110,7 +110,7 @@ def firmware_targets(spec: HostTuningArgs) -> list[tuple[str, str]]:
     """(vendor hex, device hex or *) or (PCI address, "") of the devices to query: the NIC
     selectors, limited to Mellanox/NVIDIA ones unless firmware is explicitly enabled."""
     targets: list[tuple[str, str]] = []
-    for selector in spec.nics:
+    for selector in spec.nic_selector:
         if selector in PRESETS:
             pairs = [(f"{vendor:04x}", f"{device:04x}" if device is not None else "*")
                      for vendor, device, _ in PRESETS[selector]]

@@ -11,7 +11,6 @@ planner. The SSH private key comes from the stack config (`vela:sshPrivateKey`, 
 from __future__ import annotations
 
 import json
-import shlex
 from typing import Any
 
 from pulumi.dynamic import (CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult,
@@ -19,28 +18,20 @@ from pulumi.dynamic import (CheckFailure, CheckResult, CreateResult, DiffResult,
 from pulumi.output import Unknown
 from pydantic import ValidationError
 
-from ..errors import VelaError
-from ..facts import parse_facts, run_gather
 from ..facts.models import HostFacts
 from ..host import Host, SecretKey
-from ..host.reboot import reboot_and_wait
 from . import shell
-from .observe import (ORIGINALS_DIRS, ORIGINALS_FILE, Observations, observe_script,
-                      parse_observations)
+from .converge import HostTuningError, Run, observe
+from .observe import (ORIGINALS_DIRS, ORIGINALS_FILE, Observations)
 from .plan import Plan, plan
 from .preflight import preflight
 from .spec import HostTuningArgs
 from .target import (SelectionError, Target, Topology, acs_path, desired_target,
                      merge_originals, original_target, select_topology)
 
-MAX_REBOOTS = 3
 REPLACE_ON = {"address", "port"}  # another machine: a new resource
 OUTPUT_KEYS = ["gpus", "nics", "iommuGroups", "applied", "changes", "pendingReboot",
                "pendingReasons", "reboots", "originals", "inSync", "drift"]
-
-
-class HostTuningError(VelaError):
-    """HostTuning could not do what was asked; the message says what and what to do."""
 
 
 def _inputs(props: dict[str, Any]) -> dict[str, Any]:
@@ -113,10 +104,9 @@ class HostTuningProvider(ResourceProvider):
         originals = _originals(props, observed)
         if originals is None:
             return  # nothing was ever changed on this host
-        self._apply_until_done(host, spec, lambda f, o: originals, facts, observed,
-                               extra_calls=[], finish=[
-                                   shell.call("vela_remove_file", ORIGINALS_FILE),
-                                   shell.call("vela_remove_empty_dirs", *ORIGINALS_DIRS)])
+        Run(host, spec, lambda *_: originals).converge(facts, observed, finish=[
+            shell.call("vela_remove_file", ORIGINALS_FILE),
+            shell.call("vela_remove_empty_dirs", *ORIGINALS_DIRS)])
 
     # -- converging ------------------------------------------------------------------------------
 
@@ -141,41 +131,11 @@ class HostTuningProvider(ResourceProvider):
             return desired_target(spec, new_facts, new_observed,
                                   select_topology(spec, new_facts))
 
-        facts, observed, final, changes, reboots = self._apply_until_done(
-            host, spec, target_for, facts, observed, extra_calls=save, finish=[])
-        topology = select_topology(spec, facts)
-        desired = target_for(facts, observed)
-        return outputs(spec, props, facts, topology, desired, originals, final,
-                       changes=changes, reboots=reboots)
-
-    def _apply_until_done(self, host: Host, spec: HostTuningArgs, target_for, facts: HostFacts,
-                          observed: Observations, *, extra_calls: list[str],
-                          finish: list[str]) -> tuple:
-        """Apply, reboot when allowed and needed, repeat; then verify. Returns the final facts,
-        observations, the last plan, the changes made and the number of reboots."""
-        made: list[str] = []
-        reboots = 0
-        current = plan(target_for(facts, observed), facts, observed)
-        while True:
-            calls = extra_calls + [call for change in current.changes for call in change.calls]
-            extra_calls = []
-            if calls:
-                host.run_script(shell.script(calls, preamble=_root(host)), timeout=1800)
-                made += [change.summary() for change in current.changes]
-                facts, observed = observe(host, spec)
-                current = _short_hugepages_wait_for_boot(
-                    plan(target_for(facts, observed), facts, observed))
-            if current.reboots_required and spec.reboot == "allowed" and reboots < MAX_REBOOTS:
-                reboot_and_wait(host, spec.reboot_timeout)
-                reboots += 1
-                facts, observed = observe(host, spec)
-                current = plan(target_for(facts, observed), facts, observed)
-                continue
-            break
-        _verify(host, spec, current, reboots)
-        if finish:
-            host.run_script(shell.script(finish, preamble=_root(host)), timeout=120)
-        return facts, observed, current, made, reboots
+        done = Run(host, spec, target_for).converge(facts, observed, extra_calls=save)
+        topology = select_topology(spec, done.facts)
+        desired = target_for(done.facts, done.observed)
+        return outputs(spec, props, done.facts, topology, desired, originals, done.plan,
+                       changes=done.changes, reboots=done.reboots)
 
     def _host(self, spec: HostTuningArgs) -> Host:
         key = getattr(self, "private_key", None)
@@ -186,50 +146,11 @@ class HostTuningProvider(ResourceProvider):
                             name=f"{spec.address}:{spec.port}")
 
 
-def observe(host: Host, spec: HostTuningArgs) -> tuple[HostFacts, Observations]:
-    """Hardware facts and HostTuning's observations, from one remote command."""
-    text = run_gather(host, observe_script(spec))
-    return parse_facts(host, text), parse_observations(text)
-
-
 def _topology(host: Host, spec: HostTuningArgs, facts: HostFacts) -> Topology:
     try:
         return select_topology(spec, facts)
     except SelectionError as exc:
         raise HostTuningError(f"{host.name}: {exc}") from None
-
-
-def _root(host: Host) -> str:
-    return "" if host.sysroot == "/" else f"R={shlex.quote(host.sysroot)}\n"
-
-
-def _short_hugepages_wait_for_boot(current: Plan) -> Plan:
-    """Right after writing nr_hugepages, a pool still short means memory is too fragmented to
-    allocate at run time: the command line reserves the pages at the next boot."""
-    short = [change for change in current.changes if change.kind == "hugepages"]
-    if not short:
-        return current
-    reasons = [f"huge pages {change.subject}: {change.detail} could not be allocated at run "
-               f"time; the kernel command line reserves them at the next boot" for change in short]
-    return current.model_copy(update={
-        "changes": [change for change in current.changes if change.kind != "hugepages"],
-        "pending": current.pending + reasons,
-        "reboots_required": max(current.reboots_required, 1)})
-
-
-def _verify(host: Host, spec: HostTuningArgs, final: Plan, reboots: int) -> None:
-    """After applying: anything still to change did not take. Waiting for a reboot is fine
-    only when rebooting is not allowed (it is reported as pending)."""
-    stuck = list(final.changes)
-    if spec.reboot == "never":
-        stuck = [change for change in stuck if change.phase == "runtime"]
-    problems = [change.summary() for change in stuck]
-    if spec.reboot == "allowed" and final.pending:
-        problems += [f"still pending after {reboots} reboot(s): {reason}"
-                     for reason in final.pending]
-    if problems:
-        raise HostTuningError(f"{host.name}: these settings did not take:\n - "
-                              + "\n - ".join(problems))
 
 
 def originals_record(originals: Target) -> str:

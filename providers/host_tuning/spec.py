@@ -125,8 +125,10 @@ class HostTuningArgs(SshTarget):
 
     mode: Literal["vm", "baremetal"] = "vm"
     iommu_passthrough: bool = True
-    gpus: list[DeviceSelector] = Field(default_factory=lambda: ["nvidia-gpu", "nvidia-nvswitch"])
-    nics: list[DeviceSelector] = Field(default_factory=lambda: ["connectx"])
+    # What to pass through (GPUs, NVSwitch bridges) and which NICs pair with them.
+    gpu_selector: list[DeviceSelector] = Field(
+        default_factory=lambda: ["nvidia-gpu", "nvidia-nvswitch"])
+    nic_selector: list[DeviceSelector] = Field(default_factory=lambda: ["connectx"])
     vfio: bool = True
     blacklist_nouveau: bool = True
     hugepages: HugePages | None = None
@@ -138,7 +140,7 @@ class HostTuningArgs(SshTarget):
     reboot: Literal["never", "allowed"] = "never"
     reboot_timeout: int = Field(default=900, ge=60, le=7200)
 
-    @field_validator("gpus")
+    @field_validator("gpu_selector")
     @classmethod
     def _some_gpus(cls, value: list[str]) -> list[str]:
         if not value:

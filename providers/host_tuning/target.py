@@ -92,15 +92,15 @@ def _selected(selectors: list[str], facts: HostFacts) -> list[PciDevice]:
 
 
 def select_topology(spec: HostTuningArgs, facts: HostFacts) -> Topology:
-    for selector in spec.gpus + spec.nics:
+    for selector in spec.gpu_selector + spec.nic_selector:
         if ":" in selector and selector.count(":") == 2 and selector not in facts.pci:
             raise SelectionError(f"no PCI device {selector} on this host (`lspci -D` lists "
                                  f"them)")
-    chosen = [device for device in _selected(spec.gpus, facts) if not device.is_bridge]
+    chosen = [device for device in _selected(spec.gpu_selector, facts) if not device.is_bridge]
     if not chosen:
-        raise SelectionError(f"no device on this host matches gpus={spec.gpus}; "
+        raise SelectionError(f"no device on this host matches gpuSelector={spec.gpu_selector}; "
                              f"found: {_inventory(facts)}")
-    nics = [device for device in _selected(spec.nics, facts) if not device.is_virtual_function]
+    nics = [device for device in _selected(spec.nic_selector, facts) if not device.is_virtual_function]
     gpus = [device for device in chosen if device.base_class == CLASS_DISPLAY]
     pairs = [_pair(facts, gpu, nics) for gpu in gpus]
     vfio = sorted({member for device in chosen for member in _group_companions(facts, device)})

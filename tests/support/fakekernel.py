@@ -36,6 +36,9 @@ class FakeKernel:
         self.root = Path(root)
         self.defaults = {address: function.driver
                          for address, function in host.functions.items()}
+        # (node, page size in KiB) -> the most pages that node can hold; absent: no limit
+        self.hugepage_room: dict[tuple[int, int], int] = {}
+        self.boots = 0
 
     # -- after a script ran ----------------------------------------------------------------------
 
@@ -87,20 +90,32 @@ class FakeKernel:
             driver.rmdir()
 
     def settle(self) -> None:
-        """Bind what `drivers_probe` was asked to bind, and size huge page pools as asked
-        (none of their pages in use), as the kernel would."""
+        """What the kernel does after vela's sysfs writes: size huge page pools as asked (up to
+        what fits, see `hugepage_room`, none of their pages in use), and bind every device that
+        was unbound and probed to its override or its default driver."""
         for pool in self.root.glob("sys/devices/system/node/node*/hugepages/hugepages-*"):
-            (pool / "free_hugepages").write_text((pool / "nr_hugepages").read_text())
-        probe = self.root / "sys/bus/pci/drivers_probe"
-        if not probe.exists():
-            return
-        for address in probe.read_text().split():
-            device = self.root / "sys/bus/pci/devices" / address
+            self._fit(pool)
+        for device in sorted(self.root.glob("sys/bus/pci/devices/*")):
             override = (device / "driver_override").read_text().strip()
-            self._bind(address, None if override in ("", "(null)") else override)
-        probe.unlink()
-        for unbind in self.root.glob("sys/bus/pci/drivers/*/unbind"):
-            unbind.unlink()
+            override = None if override in ("", "(null)") else override
+            current = os.readlink(device / "driver").rsplit("/", 1)[-1] \
+                if (device / "driver").is_symlink() else None
+            wanted = override or self.defaults.get(device.name)
+            if current != wanted and (override or current is None or current == "vfio-pci"):
+                self._bind(device.name, override)
+        for leftover in [self.root / "sys/bus/pci/drivers_probe",
+                         *self.root.glob("sys/bus/pci/drivers/*/unbind")]:
+            leftover.unlink(missing_ok=True)
+
+    def _fit(self, pool: Path) -> None:
+        node = int(pool.parent.parent.name.removeprefix("node"))
+        size = int(pool.name.removeprefix("hugepages-").removesuffix("kB"))
+        room = self.hugepage_room.get((node, size))
+        pages = int((pool / "nr_hugepages").read_text())
+        if room is not None and pages > room:
+            pages = room
+            (pool / "nr_hugepages").write_text(f"{pages}\n")
+        (pool / "free_hugepages").write_text(f"{pages}\n")
 
     def _bind(self, address: str, driver: str | None) -> None:
         device = self.root / "sys/bus/pci/devices" / address
@@ -120,6 +135,7 @@ class FakeKernel:
     # -- a reboot --------------------------------------------------------------------------------
 
     def reboot(self) -> None:
+        self.boots += 1
         (self.root / "proc/sys/kernel/random/boot_id").write_text(f"{uuid.uuid4()}\n")
         text = (self.root / GRUB_DEFAULTS.lstrip("/")).read_text()
         found = grub.variables(text)
@@ -166,4 +182,4 @@ class FakeKernel:
         for node, pages in per_node.items():
             pool = self.root / f"sys/devices/system/node/node{node}/hugepages/hugepages-{kib}kB"
             (pool / "nr_hugepages").write_text(f"{pages}\n")
-            (pool / "free_hugepages").write_text(f"{pages}\n")
+            self._fit(pool)

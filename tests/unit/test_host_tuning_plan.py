@@ -18,7 +18,8 @@ from providers.host_tuning import shell
 from providers.host_tuning.observe import ORIGINALS_DIRS, ORIGINALS_FILE
 from providers.host_tuning.plan import plan
 from providers.host_tuning.preflight import preflight
-from providers.host_tuning.provider import _root, observe, originals_record
+from providers.host_tuning.converge import HostTuningError, Run, observe
+from providers.host_tuning.provider import originals_record
 from providers.host_tuning.spec import HostTuningArgs
 from providers.host_tuning.target import (ACS_VM, desired_target, merge_originals,
                                           original_target, select_topology)
@@ -56,22 +57,24 @@ class Rig:
         return plan(target or desired, facts, observed)
 
     def apply(self, calls: list[str]) -> None:
-        result = self.host.run_script(shell.script(calls, preamble=_root(self.host)))
+        preamble = f"R='{self.root}'\n"
+        result = self.host.run_script(shell.script(calls, preamble=preamble))
         self.kernel.after(result.error_text)
 
-    def converge(self, target_for=None, limit: int = 3) -> list:
-        """Apply, reboot, repeat (as the provider does); return each round's plan."""
-        rounds = []
-        for _ in range(limit + 1):
-            current = self.plan(target_for() if target_for else None)
-            rounds.append(current)
-            if current.changes:
-                self.apply([call for change in current.changes for call in change.calls])
-                current = self.plan(target_for() if target_for else None)
-            if not current.reboots_required:
-                return rounds
-            self.kernel.reboot()
-        raise AssertionError(f"no convergence: {rounds[-1]}")
+    def run(self, target_for=None, **spec) -> Run:
+        """The provider's own converge loop, with the fake kernel doing the reboots."""
+        chosen = self.spec.model_copy(update=spec)
+
+        def desired(facts, observed):
+            return desired_target(chosen, facts, observed, select_topology(chosen, facts))
+
+        return Run(self.host, chosen, target_for or desired,
+                   reboot=lambda host, deadline: self.kernel.reboot(),
+                   on_applied=lambda result: self.kernel.after(result.error_text))
+
+    def converge(self, target_for=None, **spec):
+        facts, observed = observe(self.host, self.spec)
+        return self.run(target_for, reboot="allowed", **spec).converge(facts, observed)
 
     def snapshot(self) -> dict:
         """What delete must give back: command line, files, sysfs values, firmware."""
@@ -142,11 +145,11 @@ def test_baremetal_mode_differs_only_in_acs_ats_and_write_ordering(tmp_path):
 
 def test_two_reboot_firmware_sequence_then_an_empty_plan(tmp_path):
     rig = Rig(tmp_path)
-    rounds = rig.converge()
-    assert len(rounds) == 3  # apply + reboot, set MAX_ACC_OUT_READ + reboot, done
-    second = _by_kind(rounds[1], "firmware")
-    assert {change.detail for change in second} == {"MAX_ACC_OUT_READ=44"}
-    assert rounds[1].reboots_required == 1
+    done = rig.converge()
+    assert done.reboots == 2  # the command line and stage 1 firmware, then MAX_ACC_OUT_READ
+    firmware = [change for change in done.changes if change.startswith("firmware")]
+    assert len(firmware) == 8 and all("MAX_ACC_OUT_READ=44" in change for change in firmware[4:])
+    assert all("MAX_ACC_OUT_READ" not in change for change in firmware[:4])
     final = rig.plan()
     assert final.empty and final.reboots_required == 0
     assert final.script().strip().endswith("}")  # the library and no call at all
@@ -160,6 +163,25 @@ def test_two_reboot_firmware_sequence_then_an_empty_plan(tmp_path):
     params = observed.firmware[switch.nic_pfs[0]].device.params
     assert params["MAX_ACC_OUT_READ"].current == 44 and params["ATS_ENABLED"].current == 1
     assert "intel_iommu=on" in facts.cmdline_args and observed.unit_enabled
+
+
+def test_without_reboots_the_rest_is_reported_pending(tmp_path):
+    rig = Rig(tmp_path)
+    facts, observed = observe(rig.host, rig.spec)
+    done = rig.run().converge(facts, observed)  # the spec says reboot: never
+    assert done.reboots == 0 and done.plan.changes == []
+    assert any("intel_iommu=on takes effect at the next boot" in reason
+               for reason in done.plan.pending)
+    assert any("MAX_ACC_OUT_READ=44 can be set only once" in reason
+               for reason in done.plan.pending)
+
+
+def test_huge_pages_that_do_not_fit_even_at_boot_fail_clearly(tmp_path):
+    rig = Rig(tmp_path)
+    rig.kernel.hugepage_room[(1, 1048576)] = 3  # node 1 has room for 3 of the 8 asked for
+    with pytest.raises(HostTuningError, match="node1: 3 -> 8 pages.*no room"):
+        rig.converge()
+    assert rig.kernel.boots == 2  # the firmware needed two; no third reboot was wasted
 
 
 def test_boot_unit_reapplies_what_a_reboot_forgets(tmp_path):
@@ -177,9 +199,10 @@ def test_delete_restores_the_host_byte_for_byte(tmp_path):
     rig.apply([shell.write_file(ORIGINALS_FILE, originals_record(originals), 0o600)])
     rig.converge()
     assert rig.snapshot() != before
-    rig.converge(target_for=lambda: originals)
-    rig.apply([shell.call("vela_remove_file", ORIGINALS_FILE),
-               shell.call("vela_remove_empty_dirs", *ORIGINALS_DIRS)])
+    facts, observed = observe(rig.host, rig.spec)
+    rig.run(lambda *_: originals, reboot="allowed").converge(facts, observed, finish=[
+        shell.call("vela_remove_file", ORIGINALS_FILE),
+        shell.call("vela_remove_empty_dirs", *ORIGINALS_DIRS)])
     after = rig.snapshot()
     assert {key for key in set(before) ^ set(after)} == set()
     assert [key for key in before if before[key] != after[key]] == []
@@ -241,12 +264,12 @@ def test_preflight_missing_acs_and_unviable_group(tmp_path):
 
 
 def test_selection_errors(tmp_path):
-    rig = Rig(tmp_path, gpus=["10de:9999"])
+    rig = Rig(tmp_path, gpuSelector=["10de:9999"])
     from providers.host_tuning.target import SelectionError
     facts, _ = observe(rig.host, rig.spec)
     with pytest.raises(SelectionError, match="no device on this host matches"):
         select_topology(rig.spec, facts)
     missing = HostTuningArgs.model_validate({"address": "10.0.0.1", "hostKey": HOST_KEY,
-                                             "gpus": ["0000:ee:00.0"]})
+                                             "gpuSelector": ["0000:ee:00.0"]})
     with pytest.raises(SelectionError, match="no PCI device 0000:ee:00.0"):
         select_topology(missing, facts)
