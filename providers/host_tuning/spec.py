@@ -134,7 +134,8 @@ class HostTuningArgs(SshTarget):
     hugepages: HugePages | None = None
     acs: bool = True
     ats: bool = True
-    max_read_request: Literal[128, 256, 512, 1024, 2048, 4096] | None = 4096
+    # false leaves Max Read Request alone (null cannot: Pulumi drops null inputs).
+    max_read_request: Literal[128, 256, 512, 1024, 2048, 4096, False] = 4096
     firmware: Firmware = Field(default_factory=Firmware)
     sysctls: Annotated[dict[str, str], AfterValidator(_sysctls)] = Field(default_factory=dict)
     reboot: Literal["never", "allowed"] = "never"

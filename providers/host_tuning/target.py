@@ -196,7 +196,7 @@ def _registers(spec: HostTuningArgs, facts: HostFacts,
             acs = facts.pci[bridge].caps.acs
             registers.append(Register(address=bridge, offset=acs.offset + 6, value=value,
                                       mask=ACS_MASK, what="ACS control"))
-    if spec.max_read_request is not None:
+    if spec.max_read_request:
         code = (spec.max_read_request.bit_length() - 8) << 12  # 128 -> 0 ... 4096 -> 5
         for address in topology.gpus + topology.nic_pfs + topology.nic_vfs:
             pcie = facts.pci[address].caps.pcie if facts.pci[address].caps else None

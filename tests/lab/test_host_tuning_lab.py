@@ -5,7 +5,7 @@ verified on the host; apply again -> no change and nothing run but one read; ref
 shows; delete -> the host's command line, files, sysfs values and firmware are what they were.
 
 The lab's limits shape the inputs: QEMU's switch ports have no ACS capability (acs: false) and
-QEMU does not emulate Max Read Request (maxReadRequest: null). The NIC firmware is the
+QEMU does not emulate Max Read Request (maxReadRequest: false). The NIC firmware is the
 mstconfig stand-in (tests/support/standins), installed on the host like the real tool.
 """
 
@@ -78,7 +78,7 @@ def test_apply_verify_reapply_refresh_delete(lab, tmp_path):
     inputs = with_provider(HostTuningProvider(), {
         "address": "127.0.0.1", "port": lab_host.spec.ssh_port, "user": "root",
         "hostKey": lab_host.host_key, "gpuSelector": ["lab-gpu"], "nicSelector": ["lab-nic"],
-        "acs": False, "maxReadRequest": None,
+        "acs": False, "maxReadRequest": False,
         "hugepages": {"perNode": {"0": 1, "1": 1}},
         "firmware": {"enabled": True, "tool": STANDIN_ON_HOST, "numVfs": 4},
         "sysctls": {"vm.swappiness": "10"}, "reboot": "allowed", "rebootTimeout": 900})

@@ -273,3 +273,43 @@ def test_selection_errors(tmp_path):
                                              "gpuSelector": ["0000:ee:00.0"]})
     with pytest.raises(SelectionError, match="no PCI device 0000:ee:00.0"):
         select_topology(missing, facts)
+
+
+def test_a_run_that_fails_half_way_is_finished_by_the_next(tmp_path):
+    from providers.errors import CommandFailed
+
+    rig = Rig(tmp_path)
+    before = rig.snapshot()
+    blocker = rig.root / "etc/sysctl.d"
+    blocker.rmdir()
+    blocker.write_text("not a directory\n")  # the sysctl file cannot be written
+    facts, observed, _, desired = rig.look()
+    originals = merge_originals(None, original_target(desired, facts, observed))
+    save = [shell.write_file(ORIGINALS_FILE, originals_record(originals), 0o600)]
+    with pytest.raises(CommandFailed, match="cannot create the directory of /etc/sysctl.d"):
+        rig.run(reboot="allowed").converge(facts, observed, extra_calls=save)
+    blocker.unlink()
+    blocker.mkdir()
+    facts, observed = observe(rig.host, rig.spec)
+    assert observed.originals == originals.model_dump(mode="json")  # saved before any change
+    done = rig.run(reboot="allowed").converge(facts, observed)
+    assert rig.plan().empty and done.reboots == 2
+    facts, observed = observe(rig.host, rig.spec)
+    rig.run(lambda *_: originals, reboot="allowed").converge(facts, observed, finish=[
+        shell.call("vela_remove_file", ORIGINALS_FILE),
+        shell.call("vela_remove_empty_dirs", *ORIGINALS_DIRS)])
+    assert rig.snapshot() == before
+
+
+def test_grubby_hosts_get_grubby_commands(tmp_path):
+    rig = Rig(tmp_path)
+    facts, observed, topology, _ = rig.look()
+    observed.tools["grubby"] = "/usr/sbin/grubby"
+    observed.grubby_args = "ro crashkernel=auto iommu=nopt"
+    target = desired_target(rig.spec, facts, observed, topology)
+    change, = [c for c in plan(target, facts, observed).changes if c.kind == "kernel-args"]
+    assert change.subject == "grubby" and "+iommu=pt" in change.detail
+    assert change.calls[0].startswith("vela_grubby 'intel_iommu=on iommu=pt vfio-pci.ids=")
+    originals = original_target(target, facts, observed)
+    assert originals.grub == {"grubby": {key: ("iommu=nopt" if key == "iommu" else None)
+                                         for key in target.kernel_args}}
