@@ -47,8 +47,9 @@ def _iommu(facts: HostFacts) -> list[str]:
 def _config_space(spec: HostTuningArgs, facts: HostFacts, topology: Topology) -> list[str]:
     if not (spec.acs or spec.max_read_request or spec.ats):
         return []
+    # Unprivileged readers see only the first 64 bytes; conventional PCI functions have 256.
     unreadable = [address for address in topology.gpus + topology.nic_pfs
-                  if not (facts.pci[address].caps and facts.pci[address].caps.extended_readable)]
+                  if not (facts.pci[address].caps and facts.pci[address].caps.config_size >= 256)]
     if not unreadable:
         return []
     return [f"cannot read the PCIe configuration space of {', '.join(unreadable)}: connect as "

@@ -158,9 +158,13 @@ def originals_record(originals: Target) -> str:
 
 
 def _originals(props: dict, observed: Observations) -> Target | None:
-    """Originals from the last outputs, else from the host (saved before the first change)."""
-    saved = props.get("originals") or observed.originals
-    return Target.model_validate(saved) if saved else None
+    """The originals saved on the host before the first change; else those in the last
+    outputs (kept there as a JSON string: Pulumi drops null values inside output objects, and
+    "absent" is an original value vela must keep)."""
+    if observed.originals:
+        return Target.model_validate(observed.originals)
+    saved = props.get("originals")
+    return Target.model_validate(json.loads(saved)) if isinstance(saved, str) and saved else None
 
 
 def outputs(spec: HostTuningArgs, props: dict, facts: HostFacts, topology: Topology,
@@ -191,7 +195,7 @@ def outputs(spec: HostTuningArgs, props: dict, facts: HostFacts, topology: Topol
         "pendingReboot": bool(final.pending),
         "pendingReasons": final.pending,
         "reboots": reboots,
-        "originals": originals.model_dump(mode="json"),
+        "originals": originals_record(originals),
         "inSync": not final.changes,
         "drift": [change.summary() for change in final.changes],
     }

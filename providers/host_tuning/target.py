@@ -26,7 +26,7 @@ ACS_VM = 0x005D  # SV, RR, CR, UF, DT: isolation for untranslated P2P, direct fo
 ACS_BAREMETAL = 0x0000  # bare-metal GPUDirect: peer traffic never detours through the root
 MRRS_MASK = 0x7000  # Device Control bits 14:12
 ATS_ENABLE = 0x8000
-CLASS_DISPLAY = 0x03
+CLASS_BRIDGE = 0x06
 GRUBBY = "grubby"
 
 
@@ -42,7 +42,7 @@ class Topology(BaseModel):
 
     selected: list[str]  # what the GPU selectors picked (GPUs, NVSwitch bridges)
     vfio_devices: list[str]  # the selected devices plus their IOMMU group companions
-    gpus: list[str]  # selected display-class devices (paired with NICs)
+    gpus: list[str]  # selected devices that are not bridges (paired with NICs)
     nic_pfs: list[str]  # selected NIC physical functions
     nic_vfs: list[str]  # their virtual functions present now
     pairs: list[Pairing]
@@ -101,7 +101,9 @@ def select_topology(spec: HostTuningArgs, facts: HostFacts) -> Topology:
         raise SelectionError(f"no device on this host matches gpuSelector={spec.gpu_selector}; "
                              f"found: {_inventory(facts)}")
     nics = [device for device in _selected(spec.nic_selector, facts) if not device.is_virtual_function]
-    gpus = [device for device in chosen if device.base_class == CLASS_DISPLAY]
+    # GPUs are what was selected minus bridge-class devices (NVSwitch: passed through whole,
+    # never paired with a NIC). The lab's GPU stand-in is a memory-class device.
+    gpus = [device for device in chosen if device.base_class != CLASS_BRIDGE]
     pairs = [_pair(facts, gpu, nics) for gpu in gpus]
     vfio = sorted({member for device in chosen for member in _group_companions(facts, device)})
     vfs = sorted(vf.address for nic in nics for vf in nic.virtfns)

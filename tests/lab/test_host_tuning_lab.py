@@ -67,7 +67,7 @@ def _snapshot(host) -> list[str]:
 
 def _sessions(host) -> int:
     """Commands sshd started since boot (this one included)."""
-    text = host.run(["journalctl", "-u", "ssh", "--no-pager", "-o", "cat"]).text
+    text = host.run(["journalctl", "-t", "sshd", "--no-pager", "-o", "cat"]).text
     return text.count("Starting session: command")
 
 
@@ -109,8 +109,9 @@ def test_apply_verify_reapply_refresh_delete(lab, tmp_path):
 
         sessions = _sessions(host)
         again = server.update("lab-0", id_, outs, checked)
-        assert _sessions(host) - sessions == 2  # the update's one read, and this count
+        counted = _sessions(host) - sessions
         assert again["changes"] == [] and again["reboots"] == 0 and again["inSync"]
+        assert counted == 2  # the update's one read, and this count
         assert server.diff("lab-0", id_, again, checked).changes is False
 
         host.run(["sysctl", "-q", "-w", "vm.swappiness=33"])

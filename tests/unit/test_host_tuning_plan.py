@@ -313,3 +313,13 @@ def test_grubby_hosts_get_grubby_commands(tmp_path):
     originals = original_target(target, facts, observed)
     assert originals.grub == {"grubby": {key: ("iommu=nopt" if key == "iommu" else None)
                                          for key in target.kernel_args}}
+
+
+def test_preflight_needs_the_config_space_an_unprivileged_user_cannot_read(tmp_path):
+    rig = Rig(tmp_path)
+    config = rig.root / "sys/bus/pci/devices" / rig.layout.gpus[0] / "config"
+    config.write_bytes(config.read_bytes()[:64])  # what a non-root reader gets
+    facts, observed, topology, desired = rig.look()
+    problems = preflight(rig.spec, facts, observed, topology, desired)
+    assert any(f"cannot read the PCIe configuration space of {rig.layout.gpus[0]}" in problem
+               and "connect as root" in problem for problem in problems)

@@ -1,0 +1,142 @@
+"""SriovPool's inputs: one NIC port's virtual functions and their settings.
+
+Keys are camelCase. The PF is named by interface or PCI address; each VF gets a MAC that is
+stable for its cluster, node, port and index unless one is given, so a VF keeps its MAC across
+re-creation and reboots and two clusters never collide. Values that reach `ip link`, sysfs or
+virsh are validated here, before anything runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Annotated, Literal
+
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, field_validator,
+                      model_validator)
+from pydantic.alias_generators import to_camel
+
+from ..host.target import SshTarget
+from ..validate import interface_name, pci_address
+
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def _pf(value: str) -> str:
+    text = str(value).strip()
+    try:
+        return pci_address(text)
+    except ValueError:
+        pass
+    try:
+        return interface_name(text)
+    except ValueError:
+        raise ValueError(f"{value!r} is neither a PCI address (0000:3b:00.0) nor an interface "
+                         f"name (ens1f0np0)") from None
+
+
+def _mac(value: str) -> str:
+    text = str(value).strip().lower()
+    if not _MAC.match(text):
+        raise ValueError(f"{value!r} is not a MAC address (six hex pairs: 02:00:5e:10:00:01)")
+    first = int(text[:2], 16)
+    if first & 1:
+        raise ValueError(f"{value!r} is a multicast address; a VF needs a unicast one")
+    if text == "00:00:00:00:00:00":
+        raise ValueError("00:00:00:00:00:00 means no MAC; give a real one or leave it out")
+    return text
+
+
+def _name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError(f"{value!r}: use lower-case letters, digits and '-' (at most 63)")
+    return value
+
+
+PfRef = Annotated[str, AfterValidator(_pf)]
+Mac = Annotated[str, AfterValidator(_mac)]
+Name = Annotated[str, AfterValidator(_name)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
+
+
+class VfSettings(_Model):
+    """Settings of one VF (or of all, as the pool's defaults)."""
+
+    mac: Mac | None = None
+    trust: bool | None = None
+    spoofchk: bool | None = None
+    vlan: int | None = Field(default=None, ge=0, le=4094)
+    qos: int | None = Field(default=None, ge=0, le=7)
+    link_state: Literal["auto", "enable", "disable"] | None = None
+
+
+class VfOverride(VfSettings):
+    index: int = Field(ge=0, le=255)
+
+
+class Network(_Model):
+    """A libvirt network handing out the pool's VFs (`<forward mode='hostdev'>`)."""
+
+    name: Name
+    autostart: bool = True
+
+
+class SriovPoolArgs(SshTarget):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
+
+    pf: PfRef
+    num_vfs: int = Field(ge=0, le=256)
+    mode: Literal["vm", "baremetal"] = "vm"
+    driver: Literal["vfio-pci", "host"] = "vfio-pci"
+    cluster: Name = "vela"
+    node: Name | None = None  # default: the address
+    defaults: VfSettings = Field(default_factory=lambda: VfSettings(
+        trust=False, spoofchk=True, vlan=0, link_state="auto"))
+    vfs: list[VfOverride] = Field(default_factory=list)
+    ats: bool = True
+    max_read_request: Literal[128, 256, 512, 1024, 2048, 4096, False] = 4096
+    network: Network | None = None
+    wait_timeout: int = Field(default=120, ge=5, le=1800)
+
+    @field_validator("vfs")
+    @classmethod
+    def _unique(cls, value: list[VfOverride]) -> list[VfOverride]:
+        indexes = [override.index for override in value]
+        repeated = sorted({index for index in indexes if indexes.count(index) > 1})
+        if repeated:
+            raise ValueError(f"VF index(es) {repeated} are listed more than once")
+        return value
+
+    @model_validator(mode="after")
+    def _in_range(self) -> "SriovPoolArgs":
+        outside = [override.index for override in self.vfs if override.index >= self.num_vfs]
+        if outside:
+            raise ValueError(f"settings for VF(s) {outside}, but numVfs is {self.num_vfs}")
+        macs = [self.settings(index).mac for index in range(self.num_vfs)]
+        repeated = sorted({mac for mac in macs if macs.count(mac) > 1})
+        if repeated:
+            raise ValueError(f"MAC(s) {repeated} given to more than one VF")
+        return self
+
+    def settings(self, index: int) -> VfSettings:
+        """The effective settings of VF `index`: the pool's defaults, the VF's own on top,
+        and a derived MAC where none was given."""
+        merged = self.defaults.model_dump()
+        for override in self.vfs:
+            if override.index == index:
+                merged.update({key: value for key, value in override.model_dump().items()
+                               if value is not None and key != "index"})
+        if not merged.get("mac"):
+            merged["mac"] = derived_mac(self.cluster, self.node or self.address, self.pf, index)
+        return VfSettings.model_validate(merged)
+
+
+def derived_mac(cluster: str, node: str, pf: str, index: int) -> str:
+    """A locally administered unicast MAC, stable for (cluster, node, pf, index)."""
+    digest = hashlib.sha256(f"{cluster}/{node}/{pf}/{index}".encode()).digest()
+    octets = [0x02, *digest[:5]]  # 0x02: locally administered, unicast
+    return ":".join(f"{octet:02x}" for octet in octets)
