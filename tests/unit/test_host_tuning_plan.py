@@ -35,8 +35,8 @@ DEBIAN_GRUB = recorded("files/etc-default-grub-debian12.txt")
 class Rig:
     """The HGX fixture, a host rooted at it, and the fake kernel."""
 
-    def __init__(self, root: Path, mode: str = "vm", **spec) -> None:
-        self.fake, self.layout = hgx_a100(nic_vfs=2, grub_defaults=DEBIAN_GRUB)
+    def __init__(self, root: Path, mode: str = "vm", nic_ats: bool = False, **spec) -> None:
+        self.fake, self.layout = hgx_a100(nic_vfs=2, nic_ats=nic_ats, grub_defaults=DEBIAN_GRUB)
         self.root = self.fake.write(root)
         self.kernel = FakeKernel(self.fake, self.root)
         self.host = LocalHost(str(self.root))
@@ -323,3 +323,16 @@ def test_preflight_needs_the_config_space_an_unprivileged_user_cannot_read(tmp_p
     problems = preflight(rig.spec, facts, observed, topology, desired)
     assert any(f"cannot read the PCIe configuration space of {rig.layout.gpus[0]}" in problem
                and "connect as root" in problem for problem in problems)
+
+
+def test_ats_on_the_nics_virtual_functions_follows_the_mode(tmp_path):
+    vm = [c for c in Rig(tmp_path / "vm", nic_ats=True).plan().changes
+          if c.kind == "register" and "ATS" in c.detail]
+    assert len(vm) == 16 and all(c.detail.endswith("-> 0x8000") for c in vm)
+    bare = Rig(tmp_path / "bare", mode="baremetal", nic_ats=True)
+    assert [c for c in bare.plan().changes
+            if c.kind == "register" and "ATS" in c.detail] == []  # already off
+    facts, _, topology, desired = bare.look()
+    assert {r.address for r in desired.registers.values() if r.what == "ATS enable"} == \
+        set(topology.nic_vfs) and all(r.value == 0 for r in desired.registers.values()
+                                      if r.what == "ATS enable")
