@@ -18,8 +18,15 @@ from collections.abc import Sequence
 
 import paramiko
 
-from ..errors import (AuthenticationFailed, ClientKeyError, CommandTimeout, ConnectionLost,
-                      HostKeyMismatch, HostUnreachable, VelaError)
+from ..errors import (
+    AuthenticationFailed,
+    ClientKeyError,
+    CommandTimeout,
+    ConnectionLost,
+    HostKeyMismatch,
+    HostUnreachable,
+    VelaError,
+)
 from ..validate import host_address, port_number, user_name
 from .base import CommandResult, Host
 from .keys import ClientKey, HostKeyCheck, fingerprint, known_hosts_name

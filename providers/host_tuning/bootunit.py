@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import shell
+from ..common import shell
 from .observe import BOOT_SCRIPT, UNIT_FILE
 
 if TYPE_CHECKING:

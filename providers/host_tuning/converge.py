@@ -12,12 +12,12 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..common import shell
 from ..errors import VelaError
 from ..facts import parse_facts, run_gather
 from ..facts.models import HostFacts
 from ..host import CommandResult, Host
 from ..host.reboot import reboot_and_wait
-from . import shell
 from .observe import Observations, observe_script, parse_observations
 from .plan import Plan, plan
 from .spec import HostTuningArgs

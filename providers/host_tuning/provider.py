@@ -13,21 +13,36 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pulumi.dynamic import (CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult,
-                            ResourceProvider, UpdateResult)
+from pulumi.dynamic import (
+    CheckFailure,
+    CheckResult,
+    CreateResult,
+    DiffResult,
+    ReadResult,
+    ResourceProvider,
+    UpdateResult,
+)
 from pulumi.output import Unknown
 from pydantic import ValidationError
 
+from ..common import shell
 from ..facts.models import HostFacts
 from ..host import Host, SecretKey
-from . import shell
 from .converge import HostTuningError, Run, observe
-from .observe import (ORIGINALS_DIRS, ORIGINALS_FILE, Observations)
+from .observe import ORIGINALS_DIRS, ORIGINALS_FILE, Observations
 from .plan import Plan, plan
 from .preflight import preflight
 from .spec import HostTuningArgs
-from .target import (SelectionError, Target, Topology, acs_path, desired_target,
-                     merge_originals, original_target, select_topology)
+from .target import (
+    SelectionError,
+    Target,
+    Topology,
+    acs_path,
+    desired_target,
+    merge_originals,
+    original_target,
+    select_topology,
+)
 
 REPLACE_ON = {"address", "port"}  # another machine: a new resource
 OUTPUT_KEYS = ["gpus", "nics", "iommuGroups", "applied", "changes", "pendingReboot",

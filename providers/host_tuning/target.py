@@ -17,8 +17,14 @@ from ..facts.cmdline import param_key, parse_cmdline
 from ..facts.models import HostFacts, PciDevice
 from . import bootunit, grub
 from .firmware import recipe_settings
-from .observe import (GRUB_DEFAULTS, MANAGED_FILES, MODPROBE_CONF, MODULES_CONF, SYSCTL_CONF,
-                      Observations)
+from .observe import (
+    GRUB_DEFAULTS,
+    MANAGED_FILES,
+    MODPROBE_CONF,
+    MODULES_CONF,
+    SYSCTL_CONF,
+    Observations,
+)
 from .spec import HostTuningArgs, matches
 
 ACS_MASK = 0x007F  # every defined ACS control bit

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from providers.host_tuning.provider import HostTuningProvider
-from tests.support.provider_harness import UNKNOWN, ProviderCallError, ProviderServer, with_provider
+from tests.support.provider_harness import (
+    UNKNOWN,
+    ProviderCallError,
+    ProviderServer,
+    with_provider,
+)
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 GOOD = {"address": "10.0.0.5", "port": 22, "user": "root", "hostKey": HOST_KEY,

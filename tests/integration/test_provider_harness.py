@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from tests.support.probe_provider import HostProbe
-from tests.support.provider_harness import UNKNOWN, ProviderCallError, ProviderServer, with_provider
+from tests.support.provider_harness import (
+    UNKNOWN,
+    ProviderCallError,
+    ProviderServer,
+    with_provider,
+)
 from tests.support.threads import run_concurrently
 
 

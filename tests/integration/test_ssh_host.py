@@ -16,9 +16,16 @@ import time
 
 import pytest
 
-from providers.errors import (AuthenticationFailed, ClientKeyError, CommandFailed,
-                              CommandTimeout, ConnectionLost, HostKeyMismatch, HostUnreachable,
-                              UnknownHostKey)
+from providers.errors import (
+    AuthenticationFailed,
+    ClientKeyError,
+    CommandFailed,
+    CommandTimeout,
+    ConnectionLost,
+    HostKeyMismatch,
+    HostUnreachable,
+    UnknownHostKey,
+)
 from providers.host import AgentKeys, KeyFile, SecretKey, SshHost
 from tests.support.sshd import free_port, keygen
 from tests.support.threads import run_concurrently

@@ -21,7 +21,12 @@ from pathlib import Path
 
 from providers.facts.cmdline import cmdline_value
 from providers.host_tuning import grub
-from providers.host_tuning.observe import BOOT_SCRIPT, GRUB_DEFAULTS, UNIT_LINK, UNIT_NAME
+from providers.host_tuning.observe import (
+    BOOT_SCRIPT,
+    GRUB_DEFAULTS,
+    UNIT_LINK,
+    UNIT_NAME,
+)
 
 from .fakehost import FakeHost
 

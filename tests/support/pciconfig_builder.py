@@ -12,7 +12,12 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from providers.facts.pciconfig import (ECAP_ID_ACS, ECAP_ID_ATS, ECAP_ID_SRIOV, PORT_TYPES)
+from providers.facts.pciconfig import (
+    ECAP_ID_ACS,
+    ECAP_ID_ATS,
+    ECAP_ID_SRIOV,
+    PORT_TYPES,
+)
 
 _PORT_TYPE_CODES = {name: code for code, name in PORT_TYPES.items()}
 _MPS_CODES = {128 << code: code for code in range(6)}

@@ -8,8 +8,15 @@ state. It lives under tests/ because it is scaffolding, not a product resource.
 
 from __future__ import annotations
 
-from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult
-from pulumi.dynamic import Resource, ResourceProvider
+from pulumi.dynamic import (
+    CheckFailure,
+    CheckResult,
+    CreateResult,
+    DiffResult,
+    ReadResult,
+    Resource,
+    ResourceProvider,
+)
 from pulumi.output import Unknown
 from pydantic import ValidationError
 

@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from providers.host_tuning.firmware import (FirmwareOutputError, parse_query, parse_set,
-                                            parse_value, recipe_settings, set_command)
+from providers.host_tuning.firmware import (
+    FirmwareOutputError,
+    parse_query,
+    parse_set,
+    parse_value,
+    recipe_settings,
+    set_command,
+)
 from tests.support.recorded import recorded
 
 STANDIN = Path(__file__).resolve().parents[1] / "support" / "standins" / "mstconfig-standin"

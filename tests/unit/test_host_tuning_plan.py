@@ -13,16 +13,21 @@ from pathlib import Path
 
 import pytest
 
+from providers.common import shell
 from providers.host import LocalHost
-from providers.host_tuning import shell
+from providers.host_tuning.converge import HostTuningError, Run, observe
 from providers.host_tuning.observe import ORIGINALS_DIRS, ORIGINALS_FILE
 from providers.host_tuning.plan import plan
 from providers.host_tuning.preflight import preflight
-from providers.host_tuning.converge import HostTuningError, Run, observe
 from providers.host_tuning.provider import originals_record
 from providers.host_tuning.spec import HostTuningArgs
-from providers.host_tuning.target import (ACS_VM, desired_target, merge_originals,
-                                          original_target, select_topology)
+from providers.host_tuning.target import (
+    ACS_VM,
+    desired_target,
+    merge_originals,
+    original_target,
+    select_topology,
+)
 from tests.support.fakekernel import FakeKernel
 from tests.support.hgx import hgx_a100
 from tests.support.recorded import recorded

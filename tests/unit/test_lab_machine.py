@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from lab.apt_sources import backports_source, debian_sources, parse_deb822, parse_one_line
+from lab.apt_sources import (
+    backports_source,
+    debian_sources,
+    parse_deb822,
+    parse_one_line,
+)
 from lab.machine import HostSpec, qemu_argv
 
 

@@ -6,8 +6,16 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from providers.errors import InvalidValue
-from providers.validate import (InterfaceName, PciAddressStr, absolute_path, host_address,
-                                interface_name, pci_address, port_number, user_name)
+from providers.validate import (
+    InterfaceName,
+    PciAddressStr,
+    absolute_path,
+    host_address,
+    interface_name,
+    pci_address,
+    port_number,
+    user_name,
+)
 
 HOSTILE = ["eth0; reboot", "$(reboot)", "`id`", "a b", "a\nb", "x|y", "x&y", "x>y", "'", '"',
            "../../etc", "-rf", ""]

@@ -1,4 +1,4 @@
-"""The shell side of HostTuning: one small library of host actions, and calls to it.
+"""The shell side of vela: one small library of host actions, and calls to it.
 
 Apply scripts and the boot-time script are this library plus a list of calls, rendered by pure
 functions with every argument quoted. Each call is one idempotent action that reports what it
