@@ -15,12 +15,13 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from ..common import shell
+from ..common.registers import current_register
 from ..facts.cmdline import param_key, parse_cmdline
 from ..facts.models import HostFacts
 from . import grub
 from .firmware import REQUIRES_ACTIVE, set_command
 from .observe import BOOT_SCRIPT, GRUB_DEFAULTS, UNIT_NAME, Observations
-from .target import GRUBBY, Target, current_register
+from .target import GRUBBY, Target
 
 Phase = Literal["runtime", "reboot", "firmware"]
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from ..common.registers import Register, ats_enable, current_register, max_read_request
 from ..facts.cmdline import param_key, parse_cmdline
 from ..facts.models import HostFacts, PciDevice
 from . import bootunit, grub
@@ -30,8 +31,6 @@ from .spec import HostTuningArgs, matches
 ACS_MASK = 0x007F  # every defined ACS control bit
 ACS_VM = 0x005D  # SV, RR, CR, UF, DT: isolation for untranslated P2P, direct for translated
 ACS_BAREMETAL = 0x0000  # bare-metal GPUDirect: peer traffic never detours through the root
-MRRS_MASK = 0x7000  # Device Control bits 14:12
-ATS_ENABLE = 0x8000
 CLASS_BRIDGE = 0x06
 GRUBBY = "grubby"
 
@@ -52,20 +51,6 @@ class Topology(BaseModel):
     nic_pfs: list[str]  # selected NIC physical functions
     nic_vfs: list[str]  # their virtual functions present now
     pairs: list[Pairing]
-
-
-class Register(BaseModel):
-    """A masked 16-bit config-space write: bits in `mask` take their value from `value`."""
-
-    address: str
-    offset: int
-    value: int
-    mask: int
-    what: str
-
-    @property
-    def key(self) -> str:
-        return f"{self.address}@{self.offset:#x}"
 
 
 class Target(BaseModel):
@@ -197,7 +182,7 @@ def configured_args(observed: Observations) -> dict[str, str]:
 
 def _registers(spec: HostTuningArgs, facts: HostFacts,
                topology: Topology) -> dict[str, Register]:
-    registers: list[Register] = []
+    registers: list[Register | None] = []
     if spec.acs:
         value = ACS_VM if spec.mode == "vm" else ACS_BAREMETAL
         for bridge in _acs_bridges(facts, topology):
@@ -205,20 +190,12 @@ def _registers(spec: HostTuningArgs, facts: HostFacts,
             registers.append(Register(address=bridge, offset=acs.offset + 6, value=value,
                                       mask=ACS_MASK, what="ACS control"))
     if spec.max_read_request:
-        code = (spec.max_read_request.bit_length() - 8) << 12  # 128 -> 0 ... 4096 -> 5
         for address in topology.gpus + topology.nic_pfs + topology.nic_vfs:
-            pcie = facts.pci[address].caps.pcie if facts.pci[address].caps else None
-            if pcie is not None:
-                registers.append(Register(address=address, offset=pcie.offset + 8, value=code,
-                                          mask=MRRS_MASK, what="Max Read Request"))
+            registers.append(max_read_request(facts.pci[address], spec.max_read_request))
     if spec.ats:
-        value = ATS_ENABLE if spec.mode == "vm" else 0
         for address in topology.nic_vfs:
-            ats = facts.pci[address].caps.ats if facts.pci[address].caps else None
-            if ats is not None:
-                registers.append(Register(address=address, offset=ats.offset + 6, value=value,
-                                          mask=ATS_ENABLE, what="ATS enable"))
-    return {register.key: register for register in registers}
+            registers.append(ats_enable(facts.pci[address], spec.mode == "vm"))
+    return {register.key: register for register in registers if register is not None}
 
 
 def acs_path(facts: HostFacts, pair: Pairing) -> list[str]:
@@ -345,12 +322,3 @@ def merge_originals(saved: dict[str, Any] | None, captured: Target) -> Target:
     merged.hugepages_kib = merged.hugepages_kib or captured.hugepages_kib
     merged.firmware_tool = merged.firmware_tool or captured.firmware_tool
     return merged
-
-
-def current_register(facts: HostFacts, address: str, offset: int) -> int | None:
-    """The 16-bit register at `offset` of a function's config space, from the facts."""
-    device = facts.pci.get(address)
-    raw = device.caps.raw if device and device.caps else None
-    if raw is None or offset + 2 > len(raw):
-        return None
-    return int.from_bytes(raw[offset:offset + 2], "little")
