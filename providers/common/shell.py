@@ -86,12 +86,58 @@ vela_grubby() {  # ADD REMOVE: arguments for every installed kernel
   vela_system grubby --update-kernel=ALL ${1:+--args="$1"} ${2:+--remove-args="$2"} \
     || vela_fail "grubby could not change the kernel command line"
 }
+vela_sriov_numvfs() {  # PF COUNT TIMEOUT: 0 first (the kernel refuses N -> M), then wait
+  dev="$R/sys/bus/pci/devices/$1"
+  [ -e "$dev/sriov_numvfs" ] || vela_fail "$1 has no SR-IOV capability (no sriov_numvfs)"
+  current=$(cat "$dev/sriov_numvfs")
+  [ "$current" = "$2" ] && return 0
+  if [ "$current" != 0 ]; then
+    printf '0\n' > "$dev/sriov_numvfs" || vela_fail "cannot remove the VFs of $1"
+  fi
+  if [ "$2" != 0 ]; then
+    printf '%s\n' "$2" > "$dev/sriov_numvfs" || vela_fail "cannot create $2 VFs on $1"
+  fi
+  [ -z "$R" ] || return 0
+  waited=0
+  while [ "$(find "$dev/" -maxdepth 1 -name 'virtfn*' | wc -l)" -ne "$2" ]; do
+    [ "$waited" -lt "$3" ] || vela_fail "the VFs of $1 did not all appear within $3 s"
+    sleep 1; waited=$((waited + 1))
+  done
+}
+vela_vf_set() {  # NETDEV INDEX SETTING VALUE: one `ip link set NETDEV vf INDEX` setting
+  if [ -n "$R" ]; then vela_system ip link set dev "$1" vf "$2" "$3" "$4"; return 0; fi
+  out=$(ip link set dev "$1" vf "$2" "$3" "$4" 2>&1) \
+    || vela_fail "VF $2 of $1: cannot set $3 $4: ${out:-failed} (the driver may not support it)"
+}
+vela_wait_vfio() {  # ADDRESS TIMEOUT: wait for the device's /dev/vfio/GROUP node
+  [ -z "$R" ] || return 0
+  group=$(readlink "/sys/bus/pci/devices/$1/iommu_group"); group=${group##*/}
+  waited=0
+  while [ ! -c "/dev/vfio/$group" ]; do
+    [ "$waited" -lt "$2" ] || vela_fail "/dev/vfio/$group of $1 did not appear within $2 s"
+    sleep 1; waited=$((waited + 1))
+  done
+}
+vela_virsh() {  # ARGS...: one virsh command against the system libvirt
+  if [ -n "$R" ]; then vela_system virsh "$@"; return 0; fi
+  out=$(virsh -c qemu:///system "$@" 2>&1) || vela_fail "virsh $*: $out"
+}
 vela_firmware() {  # TOOL DEVICE NAME=VALUE...
   tool=$1 device=$2; shift 2
   if [ -n "$R" ]; then vela_system "$tool" -d "$device" -y set "$@"; return 0; fi
   out=$("$tool" -d "$device" -y set "$@" 2>&1) || vela_fail "$tool set on $device failed: $out"
   case $out in *"-E-"*) vela_fail "$tool set on $device failed: $out" ;; esac
 }
+'''
+
+
+# Helpers for observation sections appended to gather.sh (which defines `emit` and `$R`).
+OBSERVE_LIBRARY = r'''
+observe_file() {
+  if [ -f "$R$1" ]; then emit file "$1" content "$(base64 -w0 < "$R$1")"
+  else emit file "$1" absent -; fi
+}
+observe_link() { if [ -L "$R$1" ] || [ -e "$R$1" ]; then emit link "$1" present -; fi; }
 '''
 
 

@@ -7,12 +7,12 @@ records into `Observations`. Every value placed in the script is validated and q
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import shlex
 from dataclasses import dataclass, field
 
+from ..common import shell
+from ..common.records import decoded, records
 from .firmware import FirmwareDevice, FirmwareOutputError, parse_query
 from .spec import PRESETS, HostTuningArgs
 
@@ -33,11 +33,6 @@ FIRMWARE_TOOLS = ["mlxconfig", "mstconfig"]
 
 _FUNCTIONS = r'''
 # -- HostTuning observations ----------------------------------------------------------------------
-observe_file() {
-  if [ -f "$R$1" ]; then emit file "$1" content "$(base64 -w0 < "$R$1")"
-  else emit file "$1" absent -; fi
-}
-observe_link() { if [ -L "$R$1" ] || [ -e "$R$1" ]; then emit link "$1" present -; fi; }
 observe_sysctl() {
   path=$(printf '%s' "$1" | tr . /)
   if [ -r "$R/proc/sys/$path" ]; then emit sysctl "$1" value "$(cat "$R/proc/sys/$path")"; fi
@@ -74,7 +69,8 @@ fi
 
 def observe_script(spec: HostTuningArgs) -> str:
     """The extra gather sections for this spec."""
-    lines = [f"WATCHED_MODULES={shlex.quote(' '.join(WATCHED_MODULES))}", _FUNCTIONS]
+    lines = [f"WATCHED_MODULES={shlex.quote(' '.join(WATCHED_MODULES))}",
+             shell.OBSERVE_LIBRARY, _FUNCTIONS]
     for path in [GRUB_DEFAULTS, *MANAGED_FILES, ORIGINALS_FILE]:
         lines.append(f"observe_file {shlex.quote(path)}")
     lines.append(f"observe_link {shlex.quote(UNIT_LINK)}")
@@ -170,15 +166,11 @@ class Observations:
 
 def parse_observations(text: str) -> Observations:
     observed = Observations()
-    for line in text.splitlines():
-        parts = line.split("\t", 3)
-        if len(parts) != 4:
-            continue
-        kind, subject, name, value = parts
+    for kind, subject, name, value in records(text):
         if kind == "host" and name == "boot_id":
             observed.boot_id = value
         elif kind == "file":
-            observed.files[subject] = _decode(value) if name == "content" else None
+            observed.files[subject] = decoded(value) if name == "content" else None
         elif kind == "link":
             observed.links.add(subject)
         elif kind == "tool":
@@ -194,19 +186,12 @@ def parse_observations(text: str) -> Observations:
     return observed
 
 
-def _decode(value: str) -> str:
-    try:
-        return base64.b64decode(value, validate=True).decode("utf-8", errors="replace")
-    except (binascii.Error, ValueError):
-        return ""
-
-
 def _firmware(observed: Observations, device: str, name: str, value: str) -> None:
     query = observed.firmware.setdefault(device, FirmwareQuery(exit_code=-1, output=""))
     if name == "rc":
         query.exit_code = int(value)
     elif name == "output":
-        query.output = _decode(value)
+        query.output = decoded(value)
         try:
             query.device = parse_query(query.output)[0]
         except FirmwareOutputError as exc:

@@ -91,6 +91,16 @@ class Network(_Model):
     autostart: bool = True
 
 
+class NicInfo(BaseModel):
+    """One NIC physical function as HostTuning reports it (its `nics` output)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, alias_generator=to_camel)
+
+    address: str
+    interfaces: list[str] = Field(default_factory=list)
+    sriov_total_vfs: int | None = None
+
+
 class SriovPoolArgs(SshTarget):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
 
@@ -107,6 +117,9 @@ class SriovPoolArgs(SshTarget):
     max_read_request: Literal[128, 256, 512, 1024, 2048, 4096, False] = 4096
     network: Network | None = None
     wait_timeout: int = Field(default=120, ge=5, le=1800)
+    # What the host has, from HostTuning's `nics` output: lets check refuse an unknown port or
+    # too many VFs before anything runs (create checks the live host again).
+    nic_inventory: list[NicInfo] | None = None
 
     @field_validator("vfs")
     @classmethod
@@ -116,6 +129,20 @@ class SriovPoolArgs(SshTarget):
         if repeated:
             raise ValueError(f"VF index(es) {repeated} are listed more than once")
         return value
+
+    @model_validator(mode="after")
+    def _known_port(self) -> "SriovPoolArgs":
+        if self.nic_inventory is None:
+            return self
+        nic = next((nic for nic in self.nic_inventory
+                    if self.pf == nic.address or self.pf in nic.interfaces), None)
+        if nic is None:
+            known = ", ".join(f"{nic.address} ({' '.join(nic.interfaces) or 'no interface'})"
+                              for nic in self.nic_inventory) or "none"
+            raise ValueError(f"pf {self.pf!r} is not one of this host's NIC ports: {known}")
+        if nic.sriov_total_vfs is not None and self.num_vfs > nic.sriov_total_vfs:
+            raise ValueError(too_many_vfs(self.pf, self.num_vfs, nic.sriov_total_vfs))
+        return self
 
     @model_validator(mode="after")
     def _in_range(self) -> "SriovPoolArgs":
@@ -146,3 +173,9 @@ def derived_mac(cluster: str, node: str, pf: str, index: int) -> str:
     digest = hashlib.sha256(f"{cluster}/{node}/{pf}/{index}".encode()).digest()
     octets = [0x02, *digest[:5]]  # 0x02: locally administered, unicast
     return ":".join(f"{octet:02x}" for octet in octets)
+
+
+def too_many_vfs(pf: str, wanted: int, total: int) -> str:
+    return (f"{pf} offers at most {total} VFs (sriov_totalvfs), not {wanted}: on ConnectX the "
+            f"NIC firmware's NUM_OF_VFS caps it (raise it, e.g. with HostTuning's "
+            f"firmware.numVfs, and reboot); otherwise the device or its driver does")
