@@ -104,10 +104,21 @@ vela_sriov_numvfs() {  # PF COUNT TIMEOUT: 0 first (the kernel refuses N -> M), 
     sleep 1; waited=$((waited + 1))
   done
 }
-vela_vf_set() {  # NETDEV INDEX SETTING VALUE: one `ip link set NETDEV vf INDEX` setting
-  if [ -n "$R" ]; then vela_system ip link set dev "$1" vf "$2" "$3" "$4"; return 0; fi
-  out=$(ip link set dev "$1" vf "$2" "$3" "$4" 2>&1) \
-    || vela_fail "VF $2 of $1: cannot set $3 $4: ${out:-failed} (the driver may not support it)"
+vela_vf_set() {  # NETDEV INDEX SETTING VALUE...: one `ip link set NETDEV vf INDEX ...`
+  netdev=$1 index=$2; shift 2
+  if [ -n "$R" ]; then vela_system ip link set dev "$netdev" vf "$index" "$@"; return 0; fi
+  out=$(ip link set dev "$netdev" vf "$index" "$@" 2>&1) \
+    || vela_fail "VF $index of $netdev: cannot set $*: ${out:-failed} (the driver may not support it)"
+}
+vela_pf_netdev() {  # PF: print the PF's network interface name (waits for the driver to bind)
+  waited=0
+  while :; do
+    for entry in "$R/sys/bus/pci/devices/$1"/net/*; do
+      [ -e "$entry" ] && { echo "${entry##*/}"; return 0; }
+    done
+    [ "$waited" -lt "${2:-60}" ] || vela_fail "$1 has no network interface (is its driver loaded?)"
+    sleep 1; waited=$((waited + 1))
+  done
 }
 vela_wait_vfio() {  # ADDRESS TIMEOUT: wait for the device's /dev/vfio/GROUP node
   [ -z "$R" ] || return 0

@@ -112,7 +112,7 @@ class SriovPoolArgs(SshTarget):
     node: Name | None = None  # default: the address
     defaults: VfSettings = Field(default_factory=lambda: VfSettings(
         trust=False, spoofchk=True, vlan=0, link_state="auto"))
-    vfs: list[VfOverride] = Field(default_factory=list)
+    overrides: list[VfOverride] = Field(default_factory=list)  # per-VF settings
     ats: bool = True
     max_read_request: Literal[128, 256, 512, 1024, 2048, 4096, False] = 4096
     network: Network | None = None
@@ -121,7 +121,7 @@ class SriovPoolArgs(SshTarget):
     # too many VFs before anything runs (create checks the live host again).
     nic_inventory: list[NicInfo] | None = None
 
-    @field_validator("vfs")
+    @field_validator("overrides")
     @classmethod
     def _unique(cls, value: list[VfOverride]) -> list[VfOverride]:
         indexes = [override.index for override in value]
@@ -146,7 +146,8 @@ class SriovPoolArgs(SshTarget):
 
     @model_validator(mode="after")
     def _in_range(self) -> "SriovPoolArgs":
-        outside = [override.index for override in self.vfs if override.index >= self.num_vfs]
+        outside = [override.index for override in self.overrides
+                   if override.index >= self.num_vfs]
         if outside:
             raise ValueError(f"settings for VF(s) {outside}, but numVfs is {self.num_vfs}")
         macs = [self.settings(index).mac for index in range(self.num_vfs)]
@@ -159,7 +160,7 @@ class SriovPoolArgs(SshTarget):
         """The effective settings of VF `index`: the pool's defaults, the VF's own on top,
         and a derived MAC where none was given."""
         merged = self.defaults.model_dump()
-        for override in self.vfs:
+        for override in self.overrides:
             if override.index == index:
                 merged.update({key: value for key, value in override.model_dump().items()
                                if value is not None and key != "index"})

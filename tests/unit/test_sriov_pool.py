@@ -1,0 +1,141 @@
+"""SriovPool's pure parts, from recorded real outputs of a lab host (igb PF, libvirt 9.0)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from providers.facts import parse_gather_output
+from providers.sriov_pool.observe import (PoolObservations, VfState, domains_using,
+                                          parse_ip_link, paths)
+from providers.sriov_pool.plan import (FRESH, PoolError, VfTarget, boot_script, desired_target,
+                                       find_pf, plan, preflight, settings_args, vf_address)
+from providers.sriov_pool.spec import SriovPoolArgs, derived_mac
+from tests.support.recorded import recorded
+
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+PF = "0000:44:00.0"
+
+
+def _spec(**changes) -> SriovPoolArgs:
+    return SriovPoolArgs.model_validate({"address": "10.0.0.7", "hostKey": HOST_KEY,
+                                         "pf": "enp68s0", "numVfs": 4, **changes})
+
+
+@pytest.fixture(scope="module")
+def facts():
+    return parse_gather_output(recorded("gather/lab-host-q35-switch.txt"))
+
+
+def test_ip_link_json_from_a_real_igb():
+    states = parse_ip_link(recorded("ip_link/igb-3vfs-lab.json.txt"))
+    assert states[0] == VfState(index=0, mac="02:11:22:33:44:00", vlan=100, qos=3,
+                                spoofchk=False, trust=False, link_state="auto")
+    assert states[1].mac == "02:11:22:33:44:01" and states[1].vlan == 0
+    assert states[2].mac is None and states[2].spoofchk is True  # a fresh VF
+    assert parse_ip_link("not json") == {}
+
+
+def test_who_uses_the_vfs_from_real_libvirt_xml():
+    xml = recorded("libvirt/domain-vf-hostdev-and-interface.xml.txt")
+    users = domains_using({"uuid": xml}, {"0000:44:10.0", "0000:44:10.2", "0000:44:10.4"}, None)
+    assert users == {"vf-user": ["0000:44:10.0", "0000:44:10.2"]}
+    assert domains_using({"uuid": xml}, {"0000:84:10.0"}, None) == {}
+    network_user = xml.replace("<devices>", "<devices><interface type='network'><source "
+                                            "network='pool-a'/></interface>")
+    assert domains_using({"u": network_user}, set(), "pool-a") == {"vf-user": ["network pool-a"]}
+
+
+def test_vf_addresses_follow_offset_and_stride(facts):
+    pf = facts.device(PF)  # igb: First VF Offset 128, stride 2
+    assert [vf_address(pf, index) for index in range(3)] == [
+        "0000:44:10.0", "0000:44:10.2", "0000:44:10.4"]
+
+
+def test_macs_are_stable_per_cluster_node_port_and_index():
+    spec = _spec()
+    macs = [spec.settings(index).mac for index in range(4)]
+    assert macs == [_spec().settings(index).mac for index in range(4)]
+    assert len(set(macs)) == 4 and all(mac.startswith("02:") for mac in macs)
+    assert _spec(cluster="other").settings(0).mac != macs[0]
+    assert _spec(node="node-7").settings(0).mac != macs[0]
+    assert derived_mac("vela", "10.0.0.7", "enp68s0", 0) == macs[0]
+    given = _spec(overrides=[{"index": 1, "mac": "02:AA:00:00:00:01", "trust": True}])
+    assert given.settings(1).mac == "02:aa:00:00:00:01" and given.settings(1).trust is True
+    assert given.settings(0).trust is False  # the pool's default
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"numVfs": 300}, "less than or equal to 256"),
+    ({"overrides": [{"index": 5}]}, "numVfs is 4"),
+    ({"overrides": [{"index": 1}, {"index": 1}]}, "more than once"),
+    ({"overrides": [{"index": 0, "mac": "01:00:5e:00:00:01"}]}, "multicast"),
+    ({"overrides": [{"index": 0, "mac": "02:00:00:00:00:0g"}]}, "not a MAC"),
+    ({"overrides": [{"index": 0, "mac": "02:00:00:00:00:01"},
+                    {"index": 1, "mac": "02:00:00:00:00:01"}]}, "more than one VF"),
+    ({"pf": "eth0;reboot"}, "neither a PCI address"),
+    ({"defaults": {"vlan": 5000}}, "less than or equal to 4094"),
+    ({"network": {"name": "Pool A"}}, "lower-case letters"),
+    ({"nicInventory": [{"address": PF, "interfaces": ["enp68s0"], "sriovTotalVfs": 2}]},
+     "offers at most 2 VFs"),
+    ({"nicInventory": [{"address": "0000:84:00.0", "interfaces": ["enp132s0"]}]},
+     "not one of this host's NIC ports"),
+])
+def test_bad_inputs(changes, words):
+    with pytest.raises(ValidationError, match=words):
+        _spec(**changes)
+
+
+def test_count_change_is_planned_alone(facts):
+    spec = _spec()
+    observed = PoolObservations(pf=PF, netdev="enp68s0")
+    pf = find_pf(spec, facts, observed)
+    assert preflight(spec, pf) == []
+    target = desired_target(spec, facts, observed, pf)
+    changes = plan(spec, target, facts, observed, pf)
+    assert [change.kind for change in changes] == ["vf-count", "file", "file", "unit"]
+    assert changes[0].calls == [f"vela_sriov_numvfs {PF} 4 120"]
+    script = boot_script(spec, target, facts, pf)
+    assert f"vela_bind 0000:44:10.6 vfio-pci" in script and "vela_wait_vfio" in script
+    assert 'vela_vf_set "$netdev" 0 mac 02:' in script and "spoofchk" not in script
+
+
+def test_too_many_and_no_sriov_are_preflight_errors(facts):
+    pf = facts.device(PF)
+    assert "NUM_OF_VFS" in preflight(_spec(numVfs=8), pf)[0]
+    gpu = facts.device("0000:43:00.0")
+    assert "SR-IOV Support" in preflight(_spec(), gpu)[0]
+    with pytest.raises(PoolError, match="no NIC port 'enp9s0'.*enp68s0"):
+        find_pf(_spec(pf="enp9s0"), facts, PoolObservations())
+
+
+def test_count_change_refused_while_a_domain_uses_a_vf(facts):
+    xml = recorded("libvirt/domain-vf-hostdev-and-interface.xml.txt")
+    with_vfs = facts.model_copy(deep=True)
+    pf = with_vfs.device(PF)
+    pf.sriov_numvfs = 3
+    from providers.facts.models import VirtualFunction
+    pf.virtfns = [VirtualFunction(index=i, address=vf_address(pf, i)) for i in range(3)]
+    observed = PoolObservations(pf=PF, netdev="enp68s0", domains={"u": xml})
+    spec = _spec(numVfs=2)
+    target = desired_target(spec, with_vfs, observed, pf)
+    with pytest.raises(PoolError, match=r"refusing to change the VF count.*vf-user "
+                                        r"\(0000:44:10.0, 0000:44:10.2\).*Nothing was changed"):
+        plan(spec, target, with_vfs, observed, pf)
+    assert plan(spec, target, with_vfs, observed, pf, refuse=False)[0].kind == "vf-count"
+
+
+def test_settings_only_where_they_differ():
+    wanted = VfTarget(mac="02:00:00:00:00:01", vlan=100, qos=3, spoofchk=False, trust=False,
+                      link_state="auto")
+    assert settings_args(wanted, FRESH) == [("mac", "02:00:00:00:00:01"),
+                                            ("vlan", "100", "qos", "3"), ("spoofchk", "off")]
+    same = VfState(index=0, mac="02:00:00:00:00:01", vlan=100, qos=3, spoofchk=False,
+                   trust=False, link_state="auto")
+    assert settings_args(wanted, same) == []
+
+
+def test_paths_are_per_port():
+    assert paths(_spec())["unit"] == "/etc/systemd/system/vela-sriov-enp68s0.service"
+    assert paths(_spec(pf="0000:44:00.0"))["script"] == \
+        "/usr/local/sbin/vela-sriov-0000-44-00-0"
