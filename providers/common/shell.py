@@ -34,11 +34,14 @@ vela_bind() {  # ADDRESS DRIVER: bind to DRIVER through driver_override ("" = ba
   [ -e "$dev" ] || vela_fail "no PCI device $1"
   [ -z "$2" ] || vela_system modprobe "$2" || vela_fail "cannot load module $2"
   printf '%s\n' "$2" > "$dev/driver_override" || vela_fail "cannot set driver_override of $1"
-  if [ -e "$dev/driver" ]; then
+  tries=0
+  while [ -e "$dev/driver" ]; do  # a driver may still be probing it: retry for a while
     current=$(readlink "$dev/driver"); current=${current##*/}
     [ -n "$2" ] && [ "$current" = "$2" ] && return 0
-    printf '%s' "$1" > "$dev/driver/unbind" || vela_fail "cannot unbind $1 from $current"
-  fi
+    printf '%s' "$1" 2>/dev/null > "$R/sys/bus/pci/drivers/$current/unbind" && break
+    [ "$tries" -lt 20 ] || vela_fail "cannot unbind $1 from $current"
+    tries=$((tries + 1)); sleep 0.5
+  done
   printf '%s' "$1" > "$R/sys/bus/pci/drivers_probe" 2>/dev/null || :
   if [ -z "$R" ] && [ -n "$2" ]; then
     current=$(readlink "$dev/driver" 2>/dev/null); current=${current##*/}
@@ -64,6 +67,9 @@ vela_write_file() {  # PATH MODE BASE64: atomic replace, parents created
     return 0
   fi
   rm -f "$tmp"; vela_fail "cannot write $1"
+}
+vela_sysfs_write() {  # PATH VALUE: a plain write into an existing sysfs attribute
+  printf '%s\n' "$2" > "$R$1" || vela_fail "cannot write $2 to $1"
 }
 vela_remove_file() { rm -f "$R$1" || vela_fail "cannot remove $1"; }
 vela_remove_empty_dirs() {  # DIR...: remove each directory if it is empty (innermost first)

@@ -47,6 +47,9 @@ class NetworkTarget(BaseModel):
 class PoolTarget(BaseModel):
     pf: str
     num_vfs: int
+    # sriov_drivers_autoprobe: "0" for vfio-pci pools, so new VFs never flap through the NIC's
+    # VF driver (and race our rebinding) on their way to vfio-pci.
+    autoprobe: str | None = None
     vfs: dict[int, VfTarget] = Field(default_factory=dict)
     registers: dict[str, Register] = Field(default_factory=dict)
     files: dict[str, str | None] = Field(default_factory=dict)
@@ -91,8 +94,8 @@ def preflight(spec: SriovPoolArgs, pf: PciDevice) -> list[str]:
 
 def desired_target(spec: SriovPoolArgs, facts: HostFacts, observed: PoolObservations,
                    pf: PciDevice) -> PoolTarget:
-    target = PoolTarget(pf=pf.address, num_vfs=spec.num_vfs)
     driver = "vfio-pci" if spec.driver == "vfio-pci" else None
+    target = PoolTarget(pf=pf.address, num_vfs=spec.num_vfs, autoprobe="0" if driver else "1")
     for index in range(spec.num_vfs):
         settings = spec.settings(index)
         target.vfs[index] = VfTarget(**settings.model_dump(), driver=driver)
@@ -117,7 +120,8 @@ def desired_target(spec: SriovPoolArgs, facts: HostFacts, observed: PoolObservat
 
 def original_target(spec: SriovPoolArgs, desired: PoolTarget, facts: HostFacts,
                     observed: PoolObservations, pf: PciDevice) -> PoolTarget:
-    original = PoolTarget(pf=pf.address, num_vfs=pf.sriov_numvfs or 0)
+    original = PoolTarget(pf=pf.address, num_vfs=pf.sriov_numvfs or 0,
+                          autoprobe=observed.autoprobe)
     for index in range(original.num_vfs):
         state = observed.vfs.get(index, VfState(index=index))
         vf = next((v for v in pf.virtfns if v.index == index), None)
@@ -153,6 +157,11 @@ def plan(spec: SriovPoolArgs, target: PoolTarget, facts: HostFacts,
     """The changes to make, in order. With `refuse`, a count change while VFs are in use raises
     `PoolError` (read passes False: it only reports)."""
     changes: list[Change] = []
+    if target.autoprobe is not None and target.autoprobe != observed.autoprobe:
+        changes.append(Change(kind="autoprobe", subject=pf.address,
+                              detail=f"{observed.autoprobe} -> {target.autoprobe}",
+                              calls=[shell.call("vela_sysfs_write", autoprobe_path(pf),
+                                                target.autoprobe)]))
     current_count = pf.sriov_numvfs or 0
     if target.num_vfs != current_count:
         if refuse:
@@ -328,7 +337,9 @@ def boot_script(spec: SriovPoolArgs, target: PoolTarget, facts: HostFacts,
                 pf: PciDevice) -> str:
     """Re-create the VFs as configured: count, settings that differ from a fresh VF, driver,
     registers. VF addresses are stable (the PF's SR-IOV offset and stride fix them)."""
-    calls = [shell.call("vela_sriov_numvfs", pf.address, target.num_vfs, spec.wait_timeout)]
+    calls = [shell.call("vela_sysfs_write", autoprobe_path(pf), target.autoprobe)] \
+        if target.autoprobe is not None else []
+    calls.append(shell.call("vela_sriov_numvfs", pf.address, target.num_vfs, spec.wait_timeout))
     if target.num_vfs:
         calls.append(f"netdev=$(vela_pf_netdev {pf.address} {spec.wait_timeout})")
     addresses = {vf.index: vf.address for vf in pf.virtfns}
@@ -356,3 +367,7 @@ def vf_address(pf: PciDevice, index: int) -> str | None:
     rid = (int(bus, 16) << 8 | int(device, 16) << 3 | int(function)) + sriov.vf_offset \
         + sriov.vf_stride * index
     return f"{domain}:{rid >> 8:02x}:{(rid >> 3) & 0x1F:02x}.{rid & 7}"
+
+
+def autoprobe_path(pf: PciDevice) -> str:
+    return f"/sys/bus/pci/devices/{pf.address}/sriov_drivers_autoprobe"

@@ -13,7 +13,11 @@ import pytest
 
 from lab.hosts import Lab
 from providers.sriov_pool.provider import SriovPoolProvider
-from tests.support.provider_harness import ProviderCallError, ProviderServer, with_provider
+from tests.support.provider_harness import (
+    ProviderCallError,
+    ProviderServer,
+    with_provider,
+)
 
 pytestmark = pytest.mark.slow
 PF, PF_NETDEV = "0000:44:00.0", "enp68s0"
@@ -58,9 +62,9 @@ def _matches_sysfs(host, outs, count):
     assert len(outs["vfs"]) == count and outs["pfDevice"]["numVfs"] == count
     macs = _vf_lines(host)
     for vf in outs["vfs"]:
-        link = host.run(["readlink", f"/sys/bus/pci/devices/{PF}/virtfn{vf['index']}"]).text
+        link = host.run(["readlink", f"/sys/bus/pci/devices/{PF}/virtfn{int(vf['index'])}"]).text
         assert link.strip().endswith(vf["address"])
-        assert macs[str(vf["index"])] == vf["mac"]
+        assert macs[str(int(vf["index"]))] == vf["mac"]
         assert vf["driver"] == "vfio-pci" and vf["numaNode"] == 0
         assert vf["switch"] == outs["pfDevice"]["switch"] is not None
         host.run(["test", "-c", vf["vfioDevice"]])

@@ -6,10 +6,25 @@ import pytest
 from pydantic import ValidationError
 
 from providers.facts import parse_gather_output
-from providers.sriov_pool.observe import (PoolObservations, VfState, domains_using,
-                                          parse_ip_link, paths)
-from providers.sriov_pool.plan import (FRESH, PoolError, VfTarget, boot_script, desired_target,
-                                       find_pf, plan, preflight, settings_args, vf_address)
+from providers.sriov_pool.observe import (
+    PoolObservations,
+    VfState,
+    domains_using,
+    parse_ip_link,
+    paths,
+)
+from providers.sriov_pool.plan import (
+    FRESH,
+    PoolError,
+    VfTarget,
+    boot_script,
+    desired_target,
+    find_pf,
+    plan,
+    preflight,
+    settings_args,
+    vf_address,
+)
 from providers.sriov_pool.spec import SriovPoolArgs, derived_mac
 from tests.support.recorded import recorded
 
@@ -88,15 +103,17 @@ def test_bad_inputs(changes, words):
 
 def test_count_change_is_planned_alone(facts):
     spec = _spec()
-    observed = PoolObservations(pf=PF, netdev="enp68s0")
+    observed = PoolObservations(pf=PF, netdev="enp68s0", autoprobe="1")
     pf = find_pf(spec, facts, observed)
     assert preflight(spec, pf) == []
     target = desired_target(spec, facts, observed, pf)
     changes = plan(spec, target, facts, observed, pf)
-    assert [change.kind for change in changes] == ["vf-count", "file", "file", "unit"]
-    assert changes[0].calls == [f"vela_sriov_numvfs {PF} 4 120"]
+    # New VFs must not go through the NIC's VF driver on their way to vfio-pci.
+    assert [change.kind for change in changes] == ["autoprobe", "vf-count", "file", "file",
+                                                   "unit"]
+    assert changes[1].calls == [f"vela_sriov_numvfs {PF} 4 120"]
     script = boot_script(spec, target, facts, pf)
-    assert f"vela_bind 0000:44:10.6 vfio-pci" in script and "vela_wait_vfio" in script
+    assert "vela_bind 0000:44:10.6 vfio-pci" in script and "vela_wait_vfio" in script
     assert 'vela_vf_set "$netdev" 0 mac 02:' in script and "spoofchk" not in script
 
 
@@ -116,7 +133,7 @@ def test_count_change_refused_while_a_domain_uses_a_vf(facts):
     pf.sriov_numvfs = 3
     from providers.facts.models import VirtualFunction
     pf.virtfns = [VirtualFunction(index=i, address=vf_address(pf, i)) for i in range(3)]
-    observed = PoolObservations(pf=PF, netdev="enp68s0", domains={"u": xml})
+    observed = PoolObservations(pf=PF, netdev="enp68s0", autoprobe="0", domains={"u": xml})
     spec = _spec(numVfs=2)
     target = desired_target(spec, with_vfs, observed, pf)
     with pytest.raises(PoolError, match=r"refusing to change the VF count.*vf-user "
