@@ -29,6 +29,10 @@ if [ -n "$pfaddr" ] && [ -d "$R/sys/bus/pci/devices/$pfaddr" ]; then
   for entry in "$R/sys/bus/pci/devices/$pfaddr"/net/*; do
     [ -e "$entry" ] && netdev=${entry##*/} && emit pool - netdev "$netdev"
   done
+  for entry in "$R/sys/bus/pci/devices/$pfaddr"/net/* "$R/sys/bus/pci/devices/$pfaddr"/virtfn*/net/*; do
+    [ -e "$entry/mtu" ] || continue
+    first_line "$entry/mtu"; emit mtu "${entry##*/}" value "$v"
+  done
 fi
 if [ -z "$R" ]; then
   [ -n "$netdev" ] && emit pool - iplink "$(ip -j -d link show dev "$netdev" | base64 -w0)"
@@ -101,6 +105,7 @@ class PoolObservations:
     network: NetworkState | None = None
     files: dict[str, str | None] = field(default_factory=dict)
     links: set[str] = field(default_factory=set)
+    mtus: dict[str, int] = field(default_factory=dict)  # interface -> MTU
 
     def originals(self, path: str) -> dict | None:
         text = self.files.get(path)
@@ -133,6 +138,8 @@ def parse_observations(text: str) -> PoolObservations:
             observed.files[subject] = decoded(value) if name == "content" else None
         elif kind == "link":
             observed.links.add(subject)
+        elif kind == "mtu" and value.isdigit():
+            observed.mtus[subject] = int(value)
     if network:
         info = network.get("info", "")
         observed.network = NetworkState(

@@ -35,6 +35,7 @@ class VfTarget(BaseModel):
     spoofchk: bool | None = None
     trust: bool | None = None
     link_state: str | None = None
+    mtu: int | None = None
     driver: str | None = None  # override ("vfio-pci"); None: the VF driver of the NIC
 
 
@@ -50,6 +51,7 @@ class PoolTarget(BaseModel):
     # sriov_drivers_autoprobe: "0" for vfio-pci pools, so new VFs never flap through the NIC's
     # VF driver (and race our rebinding) on their way to vfio-pci.
     autoprobe: str | None = None
+    pf_mtu: int | None = None
     vfs: dict[int, VfTarget] = Field(default_factory=dict)
     registers: dict[str, Register] = Field(default_factory=dict)
     files: dict[str, str | None] = Field(default_factory=dict)
@@ -95,7 +97,8 @@ def preflight(spec: SriovPoolArgs, pf: PciDevice) -> list[str]:
 def desired_target(spec: SriovPoolArgs, facts: HostFacts, observed: PoolObservations,
                    pf: PciDevice) -> PoolTarget:
     driver = "vfio-pci" if spec.driver == "vfio-pci" else None
-    target = PoolTarget(pf=pf.address, num_vfs=spec.num_vfs, autoprobe="0" if driver else "1")
+    target = PoolTarget(pf=pf.address, num_vfs=spec.num_vfs, autoprobe="0" if driver else "1",
+                        pf_mtu=spec.pf_mtu)
     for index in range(spec.num_vfs):
         settings = spec.settings(index)
         target.vfs[index] = VfTarget(**settings.model_dump(), driver=driver)
@@ -121,7 +124,9 @@ def desired_target(spec: SriovPoolArgs, facts: HostFacts, observed: PoolObservat
 def original_target(spec: SriovPoolArgs, desired: PoolTarget, facts: HostFacts,
                     observed: PoolObservations, pf: PciDevice) -> PoolTarget:
     original = PoolTarget(pf=pf.address, num_vfs=pf.sriov_numvfs or 0,
-                          autoprobe=observed.autoprobe)
+                          autoprobe=observed.autoprobe,
+                          pf_mtu=observed.mtus.get(observed.netdev or "")
+                          if desired.pf_mtu else None)
     for index in range(original.num_vfs):
         state = observed.vfs.get(index, VfState(index=index))
         vf = next((v for v in pf.virtfns if v.index == index), None)
@@ -129,6 +134,8 @@ def original_target(spec: SriovPoolArgs, desired: PoolTarget, facts: HostFacts,
         original.vfs[index] = VfTarget(mac=state.mac, vlan=state.vlan, qos=state.qos,
                                        spoofchk=state.spoofchk, trust=state.trust,
                                        link_state=state.link_state,
+                                       mtu=observed.mtus.get(device.net[0])
+                                       if device and device.net else None,
                                        driver=device.driver_override if device else None)
     for key, register in desired.registers.items():
         current = current_register(facts, register.address, register.offset)
@@ -162,6 +169,10 @@ def plan(spec: SriovPoolArgs, target: PoolTarget, facts: HostFacts,
                               detail=f"{observed.autoprobe} -> {target.autoprobe}",
                               calls=[shell.call("vela_sysfs_write", autoprobe_path(pf),
                                                 target.autoprobe)]))
+    if target.pf_mtu and observed.netdev and observed.mtus.get(observed.netdev) != target.pf_mtu:
+        changes.append(Change(kind="mtu", subject=observed.netdev,
+                              detail=f"{observed.mtus.get(observed.netdev)} -> {target.pf_mtu}",
+                              calls=[shell.call("vela_mtu", pf.address, target.pf_mtu)]))
     current_count = pf.sriov_numvfs or 0
     if target.num_vfs != current_count:
         if refuse:
@@ -222,6 +233,10 @@ def _vf_settings(target: PoolTarget, facts: HostFacts, observed: PoolObservation
             changes.append(Change(kind="driver", subject=address,
                                   detail=f"{device.driver} -> the NIC's VF driver",
                                   calls=[shell.call("vela_bind", address, "")]))
+        elif wanted.mtu and device.net and observed.mtus.get(device.net[0]) != wanted.mtu:
+            changes.append(Change(kind="mtu", subject=device.net[0],
+                                  detail=f"{observed.mtus.get(device.net[0])} -> {wanted.mtu}",
+                                  calls=[shell.call("vela_mtu", address, wanted.mtu)]))
         elif wanted.driver == "vfio-pci" and device.iommu_group is not None \
                 and observed.vfio_groups and device.iommu_group not in observed.vfio_groups:
             changes.append(Change(kind="vfio", subject=address,
@@ -339,6 +354,8 @@ def boot_script(spec: SriovPoolArgs, target: PoolTarget, facts: HostFacts,
     registers. VF addresses are stable (the PF's SR-IOV offset and stride fix them)."""
     calls = [shell.call("vela_sysfs_write", autoprobe_path(pf), target.autoprobe)] \
         if target.autoprobe is not None else []
+    if target.pf_mtu:
+        calls.append(shell.call("vela_mtu", pf.address, target.pf_mtu))
     calls.append(shell.call("vela_sriov_numvfs", pf.address, target.num_vfs, spec.wait_timeout))
     if target.num_vfs:
         calls.append(f"netdev=$(vela_pf_netdev {pf.address} {spec.wait_timeout})")
@@ -348,6 +365,8 @@ def boot_script(spec: SriovPoolArgs, target: PoolTarget, facts: HostFacts,
                   for arg in settings_args(wanted, FRESH)]
     for index, wanted in sorted(target.vfs.items()):
         address = addresses.get(index) or vf_address(pf, index)
+        if wanted.mtu and address:
+            calls.append(shell.call("vela_mtu", address, wanted.mtu))
         if wanted.driver and address:
             calls.append(shell.call("vela_bind", address, wanted.driver))
             if wanted.driver == "vfio-pci":

@@ -78,6 +78,7 @@ class VfSettings(_Model):
     vlan: int | None = Field(default=None, ge=0, le=4094)
     qos: int | None = Field(default=None, ge=0, le=7)
     link_state: Literal["auto", "enable", "disable"] | None = None
+    mtu: int | None = Field(default=None, ge=68, le=9216)  # host-driver VFs only
 
 
 class VfOverride(VfSettings):
@@ -115,6 +116,7 @@ class SriovPoolArgs(SshTarget):
     overrides: list[VfOverride] = Field(default_factory=list)  # per-VF settings
     ats: bool = True
     max_read_request: Literal[128, 256, 512, 1024, 2048, 4096, False] = 4096
+    pf_mtu: int | None = Field(default=None, ge=68, le=9216)
     network: Network | None = None
     wait_timeout: int = Field(default=120, ge=5, le=1800)
     # What the host has, from HostTuning's `nics` output: lets check refuse an unknown port or
@@ -142,6 +144,13 @@ class SriovPoolArgs(SshTarget):
             raise ValueError(f"pf {self.pf!r} is not one of this host's NIC ports: {known}")
         if nic.sriov_total_vfs is not None and self.num_vfs > nic.sriov_total_vfs:
             raise ValueError(too_many_vfs(self.pf, self.num_vfs, nic.sriov_total_vfs))
+        return self
+
+    @model_validator(mode="after")
+    def _mtu_needs_the_host_driver(self) -> "SriovPoolArgs":
+        if self.driver == "vfio-pci" and (self.defaults.mtu or any(o.mtu for o in self.overrides)):
+            raise ValueError("mtu applies to VFs on the NIC's own VF driver (driver: host); a "
+                             "vfio-pci VF's MTU is set by its guest (GpuVm's guest tuning)")
         return self
 
     @model_validator(mode="after")

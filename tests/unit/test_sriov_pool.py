@@ -156,3 +156,14 @@ def test_paths_are_per_port():
     assert paths(_spec())["unit"] == "/etc/systemd/system/vela-sriov-enp68s0.service"
     assert paths(_spec(pf="0000:44:00.0"))["script"] == \
         "/usr/local/sbin/vela-sriov-0000-44-00-0"
+
+
+def test_mtu_for_host_driver_vfs_and_the_pf(facts):
+    with pytest.raises(ValidationError, match="a vfio-pci VF's MTU is set by its guest"):
+        _spec(defaults={"mtu": 9000})
+    spec = _spec(driver="host", defaults={"mtu": 9000}, pfMtu=9000, numVfs=0)
+    observed = PoolObservations(pf=PF, netdev="enp68s0", autoprobe="1", mtus={"enp68s0": 1500})
+    pf = find_pf(spec, facts, observed)
+    changes = plan(spec, desired_target(spec, facts, observed, pf), facts, observed, pf)
+    assert changes[0].kind == "mtu" and changes[0].calls == [f"vela_mtu {PF} 9000"]
+    assert "vela_mtu" in boot_script(spec, desired_target(spec, facts, observed, pf), facts, pf)
