@@ -36,6 +36,9 @@ PACKAGES = [
     "openssh-server", "pciutils", "iproute2", "ethtool", "kmod", "procps",
     # nested guests: libvirt and QEMU inside the lab host
     "libvirt-daemon-system", "libvirt-clients", "qemu-system-x86", "qemu-utils",
+    "dnsmasq-base", "iptables",  # libvirt's NAT network hands guests DHCP leases
+    # the minimal nested guest (kernel + initramfs with a static busybox)
+    "busybox-static", "cpio",
 ]
 # Units that only slow a lab boot down (timers for maintenance jobs, waiting for links).
 MASKED_UNITS = ["apt-daily.timer", "apt-daily-upgrade.timer", "man-db.timer", "fstrim.timer",
@@ -173,6 +176,7 @@ def _customize(rootfs: Path, image: Image) -> str:
     _run(["chroot", str(rootfs), "systemctl", "enable", "systemd-networkd.service",
           "vela-lab-seed.service"])
     _run(["chroot", str(rootfs), "systemctl", "mask", *MASKED_UNITS])
+    _run(["chroot", str(rootfs), "/usr/local/sbin/vela-build-guest-initrd"])
     shutil.copytree(rootfs / "usr/lib/grub/x86_64-efi", rootfs / "boot/grub/x86_64-efi",
                     dirs_exist_ok=True)
     versions = sorted(path.name.removeprefix("vmlinuz-")

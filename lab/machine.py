@@ -7,7 +7,8 @@ The machine mirrors what matters on an HGX node, scaled down:
   PCIe switch (x3130 upstream, xio3130 downstream ports) holding a "GPU" and an SR-IOV NIC:
   the GPU stand-in is an ivshmem-plain device, whose BAR 2 is a large 64-bit prefetchable
   region backed by memory (as a GPU's frame buffer BAR is); the NIC is QEMU's igb (82576, up
-  to 7 VFs, each in its own IOMMU group);
+  to 7 VFs); and a second igb on its own root port, whose VFs each get an IOMMU group (the
+  switch ports have no ACS, so VFs under the switch share their PF's group);
 - UEFI firmware (OVMF, with writable NVRAM) booting GRUB from the disk, so kernel command line
   changes go through the host's own update-grub, as on a real server;
 - a virtio management NIC on QEMU's user network with SSH forwarded to a loopback port.
@@ -113,4 +114,10 @@ def _gpu_switch(spec: HostSpec, node: int) -> list[str]:
         "-device", f"ivshmem-plain,id=gpu{node},memdev=gpumem{node},bus=sw{node}-gpu",
         "-netdev", f"user,id=sriov{node},restrict=on",
         "-device", f"igb,id=nic{node},netdev=sriov{node},bus=sw{node}-nic",
+        # A second igb on its own root port: root ports have ACS, so its VFs get IOMMU groups
+        # of their own and can be passed through to nested guests (the switch ports cannot
+        # isolate: QEMU gives them no ACS capability).
+        "-device", f"pcie-root-port,id=rp{node}-nic,bus=pxb{node},chassis={chassis + 3},slot=0",
+        "-netdev", f"user,id=sriov{node}-iso,restrict=on",
+        "-device", f"igb,id=nic{node}-iso,netdev=sriov{node}-iso,bus=rp{node}-nic",
     ]

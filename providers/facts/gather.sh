@@ -24,8 +24,13 @@ first_line "$R/proc/sys/kernel/hostname"; emit host - hostname "$v"
 first_line "$R/proc/sys/kernel/osrelease"; emit host - kernel "$v"
 first_line "$R/proc/cmdline"; emit host - cmdline "$v"
 if [ -r "$R/proc/cpuinfo" ]; then
+  vendor_seen= bits_seen=
   while IFS= read -r line; do
-    case $line in vendor_id*) emit host - cpu_vendor "${line#*: }"; break ;; esac
+    case $line in
+      vendor_id*) [ -n "$vendor_seen" ] || emit host - cpu_vendor "${line#*: }"; vendor_seen=1 ;;
+      "address sizes"*) [ -n "$bits_seen" ] || emit host - address_sizes "${line#*: }"; bits_seen=1 ;;
+    esac
+    [ -n "$vendor_seen" ] && [ -n "$bits_seen" ] && break
   done < "$R/proc/cpuinfo"
 fi
 if [ -r "$R/proc/meminfo" ]; then
@@ -79,6 +84,15 @@ for dev in "$R"/sys/bus/pci/devices/*; do
     [ -e "$dev/$attr" ] || continue
     first_line "$dev/$attr"; emit pci "$addr" "$attr" "$v"
   done
+  if [ -r "$dev/resource" ]; then  # BAR sizes (64-bit arithmetic, no process started)
+    bars= index=0
+    while read -r start end _flags; do
+      size=$((end - start + 1)); [ "$end" = 0x0000000000000000 ] && size=0
+      [ "$index" -lt 6 ] && bars="$bars$size,"
+      index=$((index + 1))
+    done < "$dev/resource"
+    emit pci "$addr" bars "${bars%,}"
+  fi
   for netdev in "$dev"/net/*; do
     [ -e "$netdev" ] && emit pci "$addr" net "${netdev##*/}"
   done

@@ -74,6 +74,7 @@ class PciDevice(BaseModel):
     physfn: str | None = None
     virtfns: list[VirtualFunction] = Field(default_factory=list)
     net: list[str] = Field(default_factory=list)
+    bars: list[int] = Field(default_factory=list)  # sizes of BARs 0-5 in bytes (0: unused)
     caps: PcieCapabilities | None = None
 
     @property
@@ -109,6 +110,7 @@ class HostFacts(BaseModel):
     hostname: str = ""
     kernel: str = ""
     cpu_vendor: str = ""
+    physical_address_bits: int | None = None  # what the CPU can address ("address sizes")
     cmdline: str = ""
     memory_kib: int | None = None
     default_hugepage_kib: int | None = None

@@ -53,6 +53,8 @@ def parse_gather_output(text: str) -> HostFacts:
     for kind, subject, field, value in records:
         if kind == "host" and field in {"hostname", "kernel", "cmdline", "cpu_vendor"}:
             setattr(facts, field, value)
+        elif kind == "host" and field == "address_sizes":
+            facts.physical_address_bits = _int(value.split()[0]) if value.split() else None
         elif kind == "meminfo":
             _meminfo(facts, field, value)
         elif kind == "iommu":
@@ -172,6 +174,7 @@ def _device(address: str, attrs: dict[str, str], links: dict[str, str],
         physfn=posixpath.basename(links["physfn"]) if "physfn" in links else None,
         virtfns=virtfns,
         net=net,
+        bars=[_int(size) or 0 for size in attrs.get("bars", "").split(",") if size],
         caps=decode(config) if config is not None and len(config) >= 0x40 else None,
     )
 

@@ -172,8 +172,8 @@ def parse_public_key(line: str) -> paramiko.PKey:
     try:
         return paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1], validate=True))
     except Exception as exc:  # paramiko raises several unrelated types for bad blobs
-        raise InvalidValue(f"{line[:60]!r}... is not a valid {parts[0]} public key: {exc}")\
-            from exc
+        raise InvalidValue(f"{line[:60]!r} is not a valid SSH public key (type {parts[0]!r}): "
+                           f"{exc}") from exc
 
 
 def known_hosts_name(address: str, port: int) -> str:

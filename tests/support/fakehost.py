@@ -65,6 +65,7 @@ class Function:
     virtfns: list["Function"] = field(default_factory=list)
     multifunction: bool = False
     iommu_group: int | None = None
+    bars: list[int] = field(default_factory=list)  # BAR sizes in bytes, as `resource` shows
 
     @property
     def address(self) -> str:
@@ -212,7 +213,7 @@ class FakeHost:
                  port_type: str = "endpoint", max_read_request: int = 512,
                  ats_control: int | None = None, acs: tuple[int, int] | None = None,
                  sriov_total_vfs: int | None = None, sriov_vf_device: int | None = None,
-                 device: int = 0) -> list[Function]:
+                 device: int = 0, bars: list[int] | None = None) -> list[Function]:
         """A device in the slot below `port`, with 1-8 functions (net names per function)."""
         self._require_downstream_facing(port)
         if not 1 <= functions <= 8:
@@ -230,7 +231,7 @@ class FakeHost:
                 driver=driver, net=[net[index]] if net else [], acs=acs,
                 ats_control=ats_control, max_read_request=max_read_request,
                 sriov_total=sriov_total_vfs, sriov_vf_device=sriov_vf_device,
-                multifunction=functions > 1))
+                multifunction=functions > 1, bars=list(bars or [])))
             created.append(function)
         self._place_vf_ranges(created)
         return created
@@ -444,6 +445,7 @@ class _HostWriter:
             self._file(f"{directory}/sriov_numvfs", f"{len(function.virtfns)}\n")
         for name in function.net:
             self._file(f"{directory}/net/{name}/ifindex", "1\n")
+        self._file(f"{directory}/resource", _resource(function))
         self._link(f"sys/bus/pci/devices/{function.address}", directory)
         if function.driver:
             self._link(f"{directory}/driver", f"sys/bus/pci/drivers/{function.driver}")
@@ -503,3 +505,19 @@ def _cpulist(cpus: list[int]) -> str:
     if start is not None:
         ranges.append(f"{start}-{previous}" if start != previous else f"{start}")
     return ",".join(ranges)
+
+
+def _resource(function: Function) -> str:
+    """The `resource` file: start, end and flags of 13 regions (BARs 0-5 first), as sysfs has
+    it. Addresses are made up but aligned; only the sizes matter to readers."""
+    lines = []
+    base = 0x38000000000 + (function.bus << 36) + (function.device << 32)
+    for index in range(13):
+        size = function.bars[index] if index < len(function.bars) else 0
+        if size:
+            start = base + (index << 31)
+            flags = 0x14220C if size > 0xFFFFFFFF else 0x40200
+            lines.append(f"0x{start:016x} 0x{start + size - 1:016x} 0x{flags:016x}")
+        else:
+            lines.append(f"0x{0:016x} 0x{0:016x} 0x{0:016x}")
+    return "\n".join(lines) + "\n"

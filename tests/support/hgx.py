@@ -32,6 +32,8 @@ CLASS_ETHERNET = 0x020000
 CLASS_OTHER_BRIDGE = 0x068000
 # ConnectX ports expose an ACS capability that supports nothing (as on the recorded ConnectX-7).
 NIC_ACS = (0x0000, 0x0000)
+# A100 SXM4 80GB: 16 MiB registers, 128 GiB frame buffer (BAR1), 32 MiB (BAR3).
+A100_BARS = [16 << 20, 128 << 30, 0, 32 << 20, 0, 0]
 
 
 @dataclass
@@ -95,7 +97,8 @@ def _gpu_switch(host: FakeHost, index: int, bus: int, node: int, nic_vfs: int,
     complex_ = host.root_complex(bus, numa_node=node)
     switch = host.switch(host.root_port(complex_, 0x01, 0), downstream_ports=4)
     gpus = [host.endpoint(port, vendor_id=NVIDIA, device_id=A100_SXM4_80GB,
-                          class_code=CLASS_3D, driver="nvidia", ats_control=0x0000)[0]
+                          class_code=CLASS_3D, driver="nvidia", ats_control=0x0000,
+                          bars=A100_BARS)[0]
             for port in switch.downstream[:2]]
     nic_port = switch.downstream[2]
     prefix = f"enp{nic_port.secondary_bus}s0"
@@ -104,7 +107,7 @@ def _gpu_switch(host: FakeHost, index: int, bus: int, node: int, nic_vfs: int,
                         class_code=CLASS_ETHERNET, functions=2, driver="mlx5_core",
                         net=interfaces, acs=NIC_ACS, sriov_total_vfs=8,
                         sriov_vf_device=CONNECTX6_VF,
-                        ats_control=0x0000 if nic_ats else None)
+                        ats_control=0x0000 if nic_ats else None, bars=[32 << 20])
     if nic_vfs:
         for pf, interface in zip(pfs, interfaces):
             host.add_vfs(pf, nic_vfs, driver="mlx5_core", net_prefix=interface.rsplit("np", 1)[0])

@@ -1,0 +1,184 @@
+"""What GpuVm reads from the hypervisor besides the hardware facts, in the same round trip:
+libvirt's version, every domain (to know which devices are taken), this guest's state and
+addresses, hugetlbfs mounts, the base image, the guest's files. Parsing is pure; domains are
+compared by the fields vela owns, parsed and normalised, never as whole XML strings.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from ..common.records import decoded, records
+from .spec import GpuVmArgs
+from .xml.domain import VELA_NS
+
+VOLUMES = "/var/lib/libvirt/images/vela"
+
+_SCRIPT = r'''
+# -- GpuVm observations -----------------------------------------------------------------------------
+if [ -z "$R" ] && command -v virsh > /dev/null 2>&1; then
+  V="virsh -c qemu:///system"
+  emit libvirt - version "$($V version --daemon 2>/dev/null | sed -n 's/^Running against daemon: *//p')"
+  for uuid in $($V -q list --all --uuid 2>/dev/null); do
+    emit domain "$uuid" xml "$($V dumpxml "$uuid" | base64 -w0)"
+    emit domain "$uuid" state "$($V domstate "$uuid" 2>/dev/null | head -n 1)"
+  done
+  if $V dominfo "$VM_NAME" > /dev/null 2>&1; then
+    emit vm - addresses "$($V domifaddr "$VM_NAME" --source lease 2>/dev/null | base64 -w0)"
+  fi
+  emit network "$VM_NETWORK" active "$($V net-info "$VM_NETWORK" 2>/dev/null | sed -n 's/^Active: *//p')"
+fi
+while read -r _source target type options _rest; do
+  [ "$type" = hugetlbfs ] && emit mount "$target" options "$options"
+done < "$R/proc/mounts"
+for path in $VM_PATHS; do [ -e "$R$path" ] && emit path "$path" present -; done
+if [ -n "$VM_IMAGE" ] && [ -z "$R" ] && [ -e "$VM_IMAGE" ]; then
+  emit image "$VM_IMAGE" info "$(qemu-img info --output=json "$VM_IMAGE" 2>/dev/null | base64 -w0)"
+fi
+'''
+
+
+def paths(spec: GpuVmArgs) -> dict[str, str]:
+    return {"disk": f"{VOLUMES}/{spec.name}.qcow2", "seed": f"{VOLUMES}/{spec.name}-seed.iso",
+            "console": f"/var/log/libvirt/qemu/vela-{spec.name}-console.log"}
+
+
+def observe_script(spec: GpuVmArgs) -> str:
+    where = paths(spec)
+    watched = [where["disk"], where["seed"]]
+    if spec.kernel_boot:
+        watched += [spec.kernel_boot.kernel, spec.kernel_boot.initrd]
+    return "\n".join([
+        f"VM_NAME={shlex.quote(spec.name)}", f"VM_NETWORK={shlex.quote(spec.network)}",
+        f"VM_PATHS={shlex.quote(' '.join(watched))}",
+        f"VM_IMAGE={shlex.quote(spec.image.path if spec.image else '')}", _SCRIPT])
+
+
+@dataclass
+class Domain:
+    uuid: str
+    xml: str
+    state: str = ""
+
+    @property
+    def root(self):
+        return etree.fromstring(self.xml.encode())
+
+    @property
+    def name(self) -> str:
+        return self.root.findtext("name") or "?"
+
+    @property
+    def ours(self) -> bool:
+        return self.root.find(f"metadata/{{{VELA_NS}}}owner") is not None
+
+    @property
+    def running(self) -> bool:
+        return self.state in {"running", "paused", "in shutdown"}
+
+
+@dataclass
+class VmObservations:
+    libvirt_version: tuple[int, ...] | None = None
+    domains: list[Domain] = field(default_factory=list)
+    addresses: list[str] = field(default_factory=list)
+    network_active: bool | None = None
+    hugetlbfs: dict[str, str] = field(default_factory=dict)  # mount point -> options
+    present: set[str] = field(default_factory=set)
+    image_format: str | None = None
+    image_virtual_size: int | None = None
+
+    def domain(self, name: str) -> Domain | None:
+        return next((domain for domain in self.domains if domain.name == name), None)
+
+    def hugetlbfs_for(self, size_kib: int) -> str | None:
+        """A hugetlbfs mount serving pages of this size, if any."""
+        wanted = f"pagesize={size_kib // 1024}M" if size_kib < 1048576 else \
+            f"pagesize={size_kib // 1048576}G"
+        for mount, options in self.hugetlbfs.items():
+            if wanted in options.split(",") or (f"pagesize={size_kib}k" in options.split(",")):
+                return mount
+        return None
+
+
+def parse_observations(text: str) -> VmObservations:
+    observed = VmObservations()
+    domains: dict[str, Domain] = {}
+    for kind, subject, name, value in records(text):
+        if kind == "libvirt" and name == "version" and value:
+            observed.libvirt_version = tuple(int(part) for part in re.findall(r"\d+", value)[:3])
+        elif kind == "domain" and name == "xml":
+            domains.setdefault(subject, Domain(subject, "")).xml = decoded(value)
+        elif kind == "domain" and name == "state":
+            domains.setdefault(subject, Domain(subject, "")).state = value.strip()
+        elif kind == "vm" and name == "addresses":
+            observed.addresses = re.findall(r"ipv4\s+(\d+\.\d+\.\d+\.\d+)/", decoded(value))
+        elif kind == "network" and name == "active":
+            observed.network_active = value.strip() == "yes" if value else None
+        elif kind == "mount":
+            observed.hugetlbfs[subject] = value
+        elif kind == "path":
+            observed.present.add(subject)
+        elif kind == "image":
+            info = json.loads(decoded(value) or "{}")
+            observed.image_format = info.get("format")
+            observed.image_virtual_size = info.get("virtual-size")
+    observed.domains = [domain for domain in domains.values() if domain.xml]
+    return observed
+
+
+def held_devices(domain: Domain) -> list[str]:
+    """Host PCI addresses a domain's definition passes through."""
+    found = []
+    for source in domain.root.iterfind(".//devices/*/source/address"):
+        try:
+            found.append(f"{int(source.get('domain'), 16):04x}:{int(source.get('bus'), 16):02x}:"
+                         f"{int(source.get('slot'), 16):02x}.{int(source.get('function'), 16):x}")
+        except (TypeError, ValueError):
+            continue
+    return found
+
+
+def taken_devices(observed: VmObservations, except_name: str) -> dict[str, str]:
+    return {address: domain.name for domain in observed.domains
+            if domain.name != except_name for address in held_devices(domain)}
+
+
+def owned_fields(xml: str) -> dict:
+    """The parts of a domain vela decides, normalised for comparison (libvirt adds aliases,
+    addresses and controllers of its own; those are not ours)."""
+    root = etree.fromstring(xml.encode())
+    cpu = root.find("cpu")
+    return {
+        "memory": root.findtext("memory"),
+        "vcpus": root.findtext("vcpu"),
+        "vcpupin": sorted((pin.get("vcpu"), pin.get("cpuset"))
+                          for pin in root.iterfind("cputune/vcpupin")),
+        "emulatorpin": [pin.get("cpuset") for pin in root.iterfind("cputune/emulatorpin")],
+        "cells": sorted((cell.get("id"), cell.get("cpus"), cell.get("memory"))
+                        for cell in root.iterfind("cpu/numa/cell")),
+        "memnodes": sorted((node.get("cellid"), node.get("nodeset"))
+                           for node in root.iterfind("numatune/memnode")),
+        "hugepages": [page.get("size") for page in root.iterfind("memoryBacking/hugepages/page")],
+        "cpu": (cpu.get("mode"), cpu.findtext("model")) if cpu is not None else None,
+        "maxphysaddr": [(m.get("mode"), m.get("bits"), m.get("limit"))
+                        for m in root.iterfind("cpu/maxphysaddr")],
+        "devices": sorted(held_devices_xml(root)),
+        "macs": sorted(mac.get("address") for mac in
+                       root.iterfind("devices/interface[@type='hostdev']/mac")),
+        "expanders": sorted((c.findtext("target/node"), c.find("target").get("busNr"))
+                            for c in root.iterfind("devices/controller[@model='pcie-expander-bus']")),
+        "switches": len(root.findall("devices/controller[@model='pcie-switch-upstream-port']")),
+        "kernel": (root.findtext("os/kernel"), root.findtext("os/initrd"),
+                   root.findtext("os/cmdline")),
+        "disks": sorted(source.get("file") for source in root.iterfind("devices/disk/source")),
+    }
+
+
+def held_devices_xml(root) -> list[str]:
+    return held_devices(Domain("", etree.tostring(root).decode()))
