@@ -112,7 +112,7 @@ class GpuVmArgs(SshTarget):
     memory_gib: int | None = Field(default=None, ge=1, le=16384)
     whole_nodes: bool = False  # every CPU and free huge page of the NUMA nodes it uses
     reserved_cpus: int = Field(default=1, ge=0, le=64)  # per node, for emulator and I/O
-    gpus: int | list[Address] = 0
+    gpus: Annotated[int, Field(ge=0, le=64)] | list[Address] = 0
     gpu_selector: list[DeviceSelector] = Field(default_factory=lambda: ["nvidia-gpu"])
     vfs: list[VfRef] = Field(default_factory=list)
     image: Image | None = None
