@@ -1,0 +1,117 @@
+"""GpuVm on a lab host, through the dynamic-provider gRPC server: a nested guest with the GPU
+stand-in and an igb VF passed through boots, takes a DHCP lease, answers pings and sees both
+devices on its NUMA node 0; applying again changes nothing; a second guest wanting the same GPU
+and a guest wanting more huge pages than the host has fail clearly, leaving nothing behind;
+delete removes the domain and its volumes.
+
+The host is prepared as HostTuning and SriovPool would leave it (1 GiB pages, a hugetlbfs mount
+for them, the VF bound to vfio-pci), plus libvirt's default NAT network started. The VF comes
+from the igb on its own root port: QEMU's switch ports have no ACS, so VFs under the switch
+share their PF's IOMMU group and could not be passed through alone.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from lab.hosts import Lab
+from providers.gpu_vm.provider import GpuVmProvider
+from providers.sriov_pool.provider import SriovPoolProvider
+from tests.support.provider_harness import ProviderCallError, ProviderServer, with_provider
+
+pytestmark = pytest.mark.slow
+GPU = "0000:43:00.0"  # the GPU stand-in on node 0
+ISOLATED_PF = "0000:45:00.0"  # the igb on its own root port, node 0
+PREPARE = r'''
+set -e
+for node in 0 1; do
+  echo 1 > /sys/devices/system/node/node$node/hugepages/hugepages-1048576kB/nr_hugepages
+done
+mkdir -p /dev/hugepages1G
+mountpoint -q /dev/hugepages1G || mount -t hugetlbfs -o pagesize=1G none /dev/hugepages1G
+systemctl restart libvirtd
+virsh -q net-start default > /dev/null 2>&1 || :
+cat /sys/devices/system/node/node*/hugepages/hugepages-1048576kB/free_hugepages
+'''
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    lab = Lab(tmp_path_factory.mktemp("lab"))
+    try:
+        lab.up(1)
+        lab.ssh_host(lab.host(0)).run_script(PREPARE, timeout=120)
+        yield lab
+    finally:
+        lab.down()
+
+
+def _base(lab_host) -> dict:
+    return {"address": "127.0.0.1", "port": lab_host.spec.ssh_port, "user": "root",
+            "hostKey": lab_host.host_key}
+
+
+def _console(host, name: str) -> str:
+    return host.run(["cat", f"/var/log/libvirt/qemu/vela-{name}-console.log"], check=False).text
+
+
+def test_nested_guest_with_gpu_and_vf(lab, tmp_path):
+    lab_host = lab.host(0)
+    host = lab.ssh_host(lab_host)
+    config = {"vela:sshPrivateKey": lab.key_path.read_text()}
+    with ProviderServer(config=config, log=tmp_path / "provider.log") as server:
+        pool_inputs = with_provider(SriovPoolProvider(), {
+            **_base(lab_host), "pf": ISOLATED_PF, "numVfs": 1, "maxReadRequest": False})
+        pool_id, pool = server.create("pool", server.check("pool", {}, pool_inputs)[0])
+        vf, = pool["vfs"]
+
+        vm = {**_base(lab_host), "name": "lab-vm", "vcpus": 1, "memoryGib": 1, "gpus": 1,
+              "gpuSelector": ["lab-gpu"], "vfs": [vf], "reservedCpus": 0,
+              "kernelBoot": {"kernel": "/usr/local/share/vela-guest/vmlinuz",
+                             "initrd": "/usr/local/share/vela-guest/initrd.img"},
+              "domainType": "qemu", "cpuModel": "qemu64", "waitTimeout": 1200}
+        inputs, failures = server.check("vm", {}, with_provider(GpuVmProvider(), vm))
+        assert failures == []
+        id_, outs = server.create("vm", inputs)
+        address, = outs["addresses"]
+        placement = {d["kind"]: d for d in outs["placement"]["devices"]}
+        assert placement["gpu"]["hostAddress"] == GPU
+        assert placement["vf"]["pairedWith"] == GPU  # same NUMA node: under the GPU's switch
+        assert 'busid="' + placement["gpu"]["guestAddress"] in outs["ncclTopology"]
+
+        host.run(["ping", "-c", "3", "-W", "5", address], timeout=60)
+        deadline = time.monotonic() + 300
+        while "VELA-GUEST-READY" not in _console(host, "lab-vm") and time.monotonic() < deadline:
+            time.sleep(5)
+        console = _console(host, "lab-vm")
+        assert "VELA-GUEST-READY" in console, console[-3000:]
+        seen = dict(re.findall(r"VELA-GUEST-PCI (\S+) (\S+ numa=\S+)", console))
+        assert seen[placement["gpu"]["guestAddress"]] == "0x1af4:0x1110 numa=0"
+        assert seen[placement["vf"]["guestAddress"]] == "0x8086:0x10ca numa=0"
+        assert "VELA-GUEST-SYSCTL tcp_timestamps=0 rmem_max=4194304" in console
+        assert re.search(r"VELA-GUEST-NET \S+ mtu=9000 txqueuelen=10000", console)
+
+        listed = host.run(["virsh", "-q", "list", "--all", "--name"]).text
+        again = server.update("vm", id_, outs, inputs)
+        assert again["changes"] == [] and again["uuid"] == outs["uuid"]
+
+        rival = with_provider(GpuVmProvider(), {**vm, "name": "rival", "gpus": [GPU],
+                                                 "vfs": []})
+        with pytest.raises(ProviderCallError, match="already assigned to domain 'lab-vm'"):
+            server.create("rival", rival)
+        greedy = with_provider(GpuVmProvider(), {**vm, "name": "greedy", "gpus": 0, "vfs": [],
+                                                  "memoryGib": 2})
+        with pytest.raises(ProviderCallError, match=r"node 0 has 0 free 1 GiB huge page\(s\); "
+                                                    r"guest cell 0 needs 2"):
+            server.create("greedy", greedy)
+        assert host.run(["virsh", "-q", "list", "--all", "--name"]).text == listed
+        volumes = host.run(["ls", "/var/lib/libvirt/images/vela"]).text.split()
+        assert sorted(volumes) == ["lab-vm-seed.iso"]
+
+        server.delete("vm", id_, again)
+        server.delete("pool", pool_id, pool)
+    assert "lab-vm" not in host.run(["virsh", "-q", "list", "--all", "--name"]).text
+    assert host.run(["test", "-e", "/var/lib/libvirt/images/vela"], check=False).exit_code == 1
