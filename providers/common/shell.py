@@ -131,6 +131,11 @@ vela_mtu() {  # ADDRESS MTU: the MTU of a PCI function's network interface
   if [ -n "$R" ]; then vela_system ip link set dev "$netdev" mtu "$2"; return 0; fi
   out=$(ip link set dev "$netdev" mtu "$2" 2>&1) || vela_fail "cannot set MTU $2 on $netdev: $out"
 }
+vela_link() {  # ADDRESS up|down: the administrative state of a PCI function's interface
+  netdev=$(vela_pf_netdev "$1" 30) || exit 1
+  if [ -n "$R" ]; then vela_system ip link set dev "$netdev" "$2"; return 0; fi
+  out=$(ip link set dev "$netdev" "$2" 2>&1) || vela_fail "cannot set $netdev $2: $out"
+}
 vela_wait_vfio() {  # ADDRESS TIMEOUT: wait for the device's /dev/vfio/GROUP node
   [ -z "$R" ] || return 0
   group=$(readlink "/sys/bus/pci/devices/$1/iommu_group"); group=${group##*/}

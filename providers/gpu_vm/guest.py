@@ -10,6 +10,7 @@ skipped and logged, never fatal.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 
@@ -67,8 +68,12 @@ for dev in /sys/bus/pci/devices/*; do
       for net in "$dev"/net/*; do
         [ -e "$net" ] || continue
         name=${net##*/}
-        ip link set dev "$name" mtu "$MTU" txqueuelen 10000 2>/dev/null \
-          && log "$name: mtu $MTU, txqueuelen 10000" || log "$name: cannot set mtu/txqueuelen"
+        # Separately: a VF's MTU needs its PF's consent over the mailbox; the queue does not.
+        # `qlen`: the spelling both iproute2 and busybox's ip accept.
+        out=$(ip link set dev "$name" qlen 10000 2>&1) \
+          && log "$name: txqueuelen 10000" || log "$name: cannot set txqueuelen: $out"
+        out=$(ip link set dev "$name" mtu "$MTU" 2>&1) \
+          && log "$name: mtu $MTU" || log "$name: cannot set mtu $MTU: $out"
         if command -v ethtool > /dev/null 2>&1; then
           ethtool -G "$name" rx 8192 tx 8192 2>/dev/null && log "$name: rings 8192" \
             || log "$name: ring sizes not changeable"
@@ -164,14 +169,18 @@ def user_data(spec: GpuVmArgs, script: str) -> str:
     return "#cloud-config\n" + json.dumps(document, indent=1) + "\n"
 
 
-def meta_data(spec: GpuVmArgs) -> str:
-    return f"instance-id: vela-{spec.name}\nlocal-hostname: {spec.name}\n"
+def meta_data(spec: GpuVmArgs, user_data_text: str) -> str:
+    """The instance id changes with the user data: cloud-init runs its first-boot modules once
+    per instance id, so a changed guest configuration takes effect at the next boot."""
+    digest = hashlib.sha256(user_data_text.encode()).hexdigest()[:12]
+    return f"instance-id: vela-{spec.name}-{digest}\nlocal-hostname: {spec.name}\n"
 
 
 def seed_image(spec: GpuVmArgs, script: str) -> bytes:
     """An ISO 9660 image labelled cidata: cloud-init's NoCloud seed. The tuning script is also
     a file of its own, for guests without cloud-init (the lab's initramfs runs it)."""
-    files = {"user-data": user_data(spec, script), "meta-data": meta_data(spec),
+    user = user_data(spec, script)
+    files = {"user-data": user, "meta-data": meta_data(spec, user),
              "vela-guest-tuning.sh": script if spec.guest.tuning else "#!/bin/sh\n"}
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")

@@ -98,12 +98,26 @@ class VmObservations:
 
     def hugetlbfs_for(self, size_kib: int) -> str | None:
         """A hugetlbfs mount serving pages of this size, if any."""
-        wanted = f"pagesize={size_kib // 1024}M" if size_kib < 1048576 else \
-            f"pagesize={size_kib // 1048576}G"
         for mount, options in self.hugetlbfs.items():
-            if wanted in options.split(",") or (f"pagesize={size_kib}k" in options.split(",")):
+            if mount_page_size_kib(options) == size_kib:
                 return mount
         return None
+
+
+_UNIT_KIB = {"k": 1, "m": 1024, "g": 1024 * 1024}
+
+
+def mount_page_size_kib(options: str) -> int | None:
+    """The page size of a hugetlbfs mount from its /proc/mounts options, in KiB.
+
+    The kernel prints it in K or M ("pagesize=1024M" for 1 GiB pages); mount(8) accepts G too.
+    A mount without the option serves the default huge page size, which we do not assume.
+    """
+    for option in options.split(","):
+        match = re.fullmatch(r"pagesize=(\d+)([kKmMgG])", option.strip())
+        if match:
+            return int(match.group(1)) * _UNIT_KIB[match.group(2).lower()]
+    return None
 
 
 def parse_observations(text: str) -> VmObservations:

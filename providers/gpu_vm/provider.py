@@ -55,7 +55,7 @@ REPLACE_ON = {"address", "port", "name", "gpus", "gpuSelector", "vfs"}
 # Inputs that change the definition: applied at the next start, so a running guest restarts.
 RESTART_ON = {"vcpus", "memoryGib", "wholeNodes", "reservedCpus", "image", "kernelBoot",
               "firmware", "guest", "domainType", "cpuModel", "hugepages", "network"}
-LIVE = {"start", "waitTimeout", "user", "hostKey"}
+LIVE = {"start", "waitTimeout", "shutdownTimeout", "user", "hostKey"}
 OUTPUT_KEYS = ["uuid", "state", "addresses", "domainXml", "ncclTopology", "ncclEnvironment",
                "placement", "changes", "inSync", "drift"]
 
@@ -147,13 +147,13 @@ class GpuVmProvider(ResourceProvider):
         where = paths(spec)
         calls = []
         if current is not None:
-            calls += [shell.call("vela_vm_stop", spec.name, spec.wait_timeout),
+            calls += [shell.call("vela_vm_stop", spec.name, spec.shutdown_timeout),
                       shell.call("vela_virsh", "undefine", "--nvram", spec.name)]
         calls += [shell.call("vela_remove_file", where["disk"]),
                   shell.call("vela_remove_file", where["seed"]),
                   shell.call("vela_remove_empty_dirs", VOLUMES)]
         host.run_script(shell.script(calls, preamble=VM_LIBRARY),
-                        timeout=spec.wait_timeout + 300)
+                        timeout=spec.shutdown_timeout + 300)
 
     # -- converging ------------------------------------------------------------------------------
 
@@ -239,14 +239,15 @@ class GpuVmProvider(ResourceProvider):
                                     observed.image_format or "qcow2", where["disk"],
                                     f"{spec.image.size_gib}G"))
             made.append(f"volume {where['disk']}: create")
-        if current is None or _drift(xml, current.xml):
+        # A restart-class change rewrites the seed too: the guest configuration lives there.
+        if current is None or _drift(xml, current.xml) or restart:
             calls += [shell.call("vela_vm_file", where["seed"],
                                  base64.b64encode(seed).decode()),
                       shell.call("vela_vm_define", spec.name,
                                  base64.b64encode(xml.encode()).decode())]
             made.append(f"domain {spec.name}: " + ("define" if current is None else "redefine"))
             if current is not None and current.running and restart:
-                calls.append(shell.call("vela_vm_stop", spec.name, spec.wait_timeout))
+                calls.append(shell.call("vela_vm_stop", spec.name, spec.shutdown_timeout))
                 made.append(f"domain {spec.name}: restart")
         running = current is not None and current.running and not (restart and made)
         if spec.start and not running:

@@ -124,7 +124,9 @@ class GpuVmArgs(SshTarget):
     hugepages: bool = True  # 1 GiB pages per guest NUMA cell
     network: str = "default"  # the libvirt network of the management interface
     start: bool = True
-    wait_timeout: int = Field(default=600, ge=10, le=7200)
+    wait_timeout: int = Field(default=600, ge=10, le=7200)  # boot until the guest has an address
+    # A graceful shutdown's deadline (then power off): a guest that ignores ACPI costs no more.
+    shutdown_timeout: int = Field(default=120, ge=0, le=3600)
 
     @field_validator("cpu_model")
     @classmethod

@@ -106,6 +106,7 @@ class PoolObservations:
     files: dict[str, str | None] = field(default_factory=dict)
     links: set[str] = field(default_factory=set)
     mtus: dict[str, int] = field(default_factory=dict)  # interface -> MTU
+    pf_up: bool | None = None  # the PF's administrative state (None: not seen)
 
     def originals(self, path: str) -> dict | None:
         text = self.files.get(path)
@@ -127,6 +128,7 @@ def parse_observations(text: str) -> PoolObservations:
             observed.autoprobe = value
         elif kind == "pool" and name == "iplink":
             observed.vfs = parse_ip_link(decoded(value))
+            observed.pf_up = parse_admin_up(decoded(value))
         elif kind == "vfio" and subject.isdigit():
             observed.vfio_groups.add(int(subject))
         elif kind == "domain" and name == "xml":
@@ -167,6 +169,17 @@ def parse_ip_link(text: str) -> dict[int, VfState]:
             spoofchk=entry.get("spoofchk"), trust=entry.get("trust"),
             link_state=entry.get("link_state"))
     return states
+
+
+def parse_admin_up(text: str) -> bool | None:
+    """Whether `ip -j link show` reports the interface administratively up (flag UP)."""
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return None
+    link = document[0] if isinstance(document, list) and document else {}
+    flags = link.get("flags")
+    return "UP" in flags if isinstance(flags, list) else None
 
 
 def domains_using(domains: dict[str, str], addresses: set[str],

@@ -52,6 +52,9 @@ class PoolTarget(BaseModel):
     # VF driver (and race our rebinding) on their way to vfio-pci.
     autoprobe: str | None = None
     pf_mtu: int | None = None
+    # The PF is brought up: its VFs pass no traffic through a PF that is down, and libvirt
+    # refuses to set a VF's MAC for a guest ("the PF is not online").
+    pf_up: bool | None = None
     vfs: dict[int, VfTarget] = Field(default_factory=dict)
     registers: dict[str, Register] = Field(default_factory=dict)
     files: dict[str, str | None] = Field(default_factory=dict)
@@ -98,7 +101,7 @@ def desired_target(spec: SriovPoolArgs, facts: HostFacts, observed: PoolObservat
                    pf: PciDevice) -> PoolTarget:
     driver = "vfio-pci" if spec.driver == "vfio-pci" else None
     target = PoolTarget(pf=pf.address, num_vfs=spec.num_vfs, autoprobe="0" if driver else "1",
-                        pf_mtu=spec.pf_mtu)
+                        pf_mtu=spec.pf_mtu, pf_up=True)
     for index in range(spec.num_vfs):
         settings = spec.settings(index)
         target.vfs[index] = VfTarget(**settings.model_dump(), driver=driver)
@@ -126,7 +129,8 @@ def original_target(spec: SriovPoolArgs, desired: PoolTarget, facts: HostFacts,
     original = PoolTarget(pf=pf.address, num_vfs=pf.sriov_numvfs or 0,
                           autoprobe=observed.autoprobe,
                           pf_mtu=observed.mtus.get(observed.netdev or "")
-                          if desired.pf_mtu else None)
+                          if desired.pf_mtu else None,
+                          pf_up=observed.pf_up)
     for index in range(original.num_vfs):
         state = observed.vfs.get(index, VfState(index=index))
         vf = next((v for v in pf.virtfns if v.index == index), None)
@@ -173,6 +177,11 @@ def plan(spec: SriovPoolArgs, target: PoolTarget, facts: HostFacts,
         changes.append(Change(kind="mtu", subject=observed.netdev,
                               detail=f"{observed.mtus.get(observed.netdev)} -> {target.pf_mtu}",
                               calls=[shell.call("vela_mtu", pf.address, target.pf_mtu)]))
+    if target.pf_up is not None and observed.pf_up is not None \
+            and target.pf_up != observed.pf_up and observed.netdev:
+        state = "up" if target.pf_up else "down"
+        changes.append(Change(kind="link", subject=observed.netdev, detail=state,
+                              calls=[shell.call("vela_link", pf.address, state)]))
     current_count = pf.sriov_numvfs or 0
     if target.num_vfs != current_count:
         if refuse:
@@ -356,6 +365,8 @@ def boot_script(spec: SriovPoolArgs, target: PoolTarget, facts: HostFacts,
         if target.autoprobe is not None else []
     if target.pf_mtu:
         calls.append(shell.call("vela_mtu", pf.address, target.pf_mtu))
+    if target.pf_up:
+        calls.append(shell.call("vela_link", pf.address, "up"))
     calls.append(shell.call("vela_sriov_numvfs", pf.address, target.num_vfs, spec.wait_timeout))
     if target.num_vfs:
         calls.append(f"netdev=$(vela_pf_netdev {pf.address} {spec.wait_timeout})")

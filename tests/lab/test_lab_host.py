@@ -42,8 +42,14 @@ def test_booted_host_has_the_hgx_like_shape(lab):
     assert facts.iommu.acpi_table == "DMAR" and facts.iommu.active and facts.iommu.groups > 0
     assert all(device.iommu_group is not None for device in facts.pci.values())
     gpus = [device for device in facts.pci.values() if _ids(device) == GPU_STAND_IN]
-    nics = [device for device in facts.pci.values() if _ids(device) == SRIOV_NIC]
-    assert len(gpus) == len(nics) == 2
+    all_nics = [device for device in facts.pci.values() if _ids(device) == SRIOV_NIC]
+    nics = [nic for nic in all_nics if facts.upstream_switch(nic.address) is not None]
+    isolated = [nic for nic in all_nics if facts.upstream_switch(nic.address) is None]
+    assert len(gpus) == len(nics) == len(isolated) == 2
+    # The NIC on its own root port sits alone in its IOMMU group (root ports have ACS).
+    for nic in isolated:
+        assert [d.address for d in facts.pci.values()
+                if d.iommu_group == nic.iommu_group] == [nic.address]
     for node, (gpu, nic) in enumerate(zip(gpus, nics)):
         switch = facts.upstream_switch(gpu.address)
         assert switch is not None and facts.upstream_switch(nic.address) == switch

@@ -10,6 +10,7 @@ from providers.sriov_pool.observe import (
     PoolObservations,
     VfState,
     domains_using,
+    parse_admin_up,
     parse_ip_link,
     paths,
 )
@@ -49,6 +50,8 @@ def test_ip_link_json_from_a_real_igb():
     assert states[1].mac == "02:11:22:33:44:01" and states[1].vlan == 0
     assert states[2].mac is None and states[2].spoofchk is True  # a fresh VF
     assert parse_ip_link("not json") == {}
+    assert parse_admin_up(recorded("ip_link/igb-3vfs-lab.json.txt")) is False  # flags lack UP
+    assert parse_admin_up("not json") is None
 
 
 def test_who_uses_the_vfs_from_real_libvirt_xml():
@@ -167,3 +170,20 @@ def test_mtu_for_host_driver_vfs_and_the_pf(facts):
     changes = plan(spec, desired_target(spec, facts, observed, pf), facts, observed, pf)
     assert changes[0].kind == "mtu" and changes[0].calls == [f"vela_mtu {PF} 9000"]
     assert "vela_mtu" in boot_script(spec, desired_target(spec, facts, observed, pf), facts, pf)
+
+
+def test_a_down_pf_is_brought_up_now_and_at_boot_and_put_back_on_delete(facts):
+    from providers.sriov_pool.plan import original_target
+
+    spec = _spec()
+    observed = PoolObservations(pf=PF, netdev="enp68s0", autoprobe="0", pf_up=False)
+    pf = find_pf(spec, facts, observed)
+    target = desired_target(spec, facts, observed, pf)
+    changes = plan(spec, target, facts, observed, pf)
+    assert [(c.kind, c.calls) for c in changes if c.kind == "link"] == \
+        [("link", [f"vela_link {PF} up"])]
+    assert f"vela_link {PF} up" in boot_script(spec, target, facts, pf)
+    original = original_target(spec, target, facts, observed, pf)
+    up = PoolObservations(pf=PF, netdev="enp68s0", autoprobe="0", pf_up=True)
+    restore = plan(spec, original, facts, up, pf, refuse=False)
+    assert [c.calls for c in restore if c.kind == "link"] == [[f"vela_link {PF} down"]]

@@ -1,0 +1,116 @@
+"""VelaCluster's typed arguments: the inventory, the per-node shape and the cluster's policies.
+
+Parsed by `__main__.py` from stack config (and usable directly from Python). Per-node
+`overrides` are merged onto the cluster's shape and validated again, so an override can never
+produce a shape the cluster-wide validation would refuse. Every error names the config key.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+from providers.gpu_vm.spec import Guest, Image, KernelBoot
+from providers.validate import interface_name, pci_address
+
+from .inventory import NodeSpec
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
+
+
+def _port_name(value: str) -> str:
+    """A NIC port is given as an interface name or a PCI address."""
+    try:
+        return pci_address(value) if ":" in value else interface_name(value)
+    except ValueError as exc:
+        raise ValueError(f"NIC port {value!r}: {exc}") from None
+
+
+class NodeShape(_Model):
+    """What each node runs. Every field can be overridden per node."""
+
+    vms_per_node: int = Field(default=1, ge=0, le=16)
+    gpus_per_vm: int = Field(default=8, ge=0, le=16)
+    nic_ports: list[str] = Field(default_factory=list)  # PFs: interface names or PCI addresses
+    vfs_per_port: int = Field(default=1, ge=0, le=256)
+    vcpus: int | None = Field(default=None, ge=1, le=1024)
+    memory_gib: int | None = Field(default=None, ge=1, le=65536)
+    whole_nodes: bool = False
+    reserved_cpus: int = Field(default=1, ge=0, le=64)
+    gpu_selector: list[str] | None = None  # None: HostTuning's default (NVIDIA GPUs, NVSwitch)
+    nic_selector: list[str] | None = None
+    hugepages: dict[str, Any] | None = None  # HostTuning's hugepages: {total: N} or {perNode}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "NodeShape":
+        self.nic_ports = [_port_name(port) for port in self.nic_ports]
+        if len(set(self.nic_ports)) != len(self.nic_ports):
+            raise ValueError(f"nicPorts repeats a port: {self.nic_ports}")
+        if self.vms_per_node and self.nic_ports and self.vfs_per_port % self.vms_per_node:
+            raise ValueError(f"vfsPerPort ({self.vfs_per_port}) must be a multiple of "
+                             f"vmsPerNode ({self.vms_per_node}): each VM gets the same number "
+                             f"of VFs from every port")
+        if self.vms_per_node and not self.whole_nodes and (self.vcpus is None
+                                                           or self.memory_gib is None):
+            raise ValueError("give vcpus and memoryGib for each VM, or wholeNodes: true")
+        return self
+
+
+class ClusterNode(NodeSpec):
+    """A node of the inventory, with what differs from the cluster's shape."""
+
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class ClusterArgs(_Model):
+    """Everything VelaCluster builds from."""
+
+    name: str = Field(default="vela", pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")
+    nodes: list[ClusterNode]
+    shape: NodeShape
+    mode: Literal["vm", "baremetal"] = "vm"
+    reboot: Literal["never", "allowed"] = "never"
+    # Rolling changes: how many nodes' HostTuning may run (and reboot) at once.
+    max_rebooting_nodes: int = Field(default=1, ge=1, le=100000)
+    image: Image | None = None
+    kernel_boot: KernelBoot | None = None
+    guest: Guest = Field(default_factory=Guest)
+    domain_type: Literal["kvm", "qemu"] = "kvm"
+    cpu_model: str = "host-passthrough"
+    network: str = "default"
+    host_tuning: dict[str, Any] = Field(default_factory=dict)  # more HostTuning inputs
+    sriov_pool: dict[str, Any] = Field(default_factory=dict)  # more SriovPool inputs
+    gpu_vm: dict[str, Any] = Field(default_factory=dict)  # more GpuVm inputs (timeouts)
+    # Provider processes to spread the nodes over (0: Pulumi's one default provider). Each
+    # process runs 4 calls at once; set it when the stack is created and keep it.
+    provider_shards: int = Field(default=0, ge=0, le=256)
+
+    @model_validator(mode="after")
+    def _nodes(self) -> "ClusterArgs":
+        names = [node.name for node in self.nodes]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"node names must be unique; repeated: {repeated}")
+        for node in self.nodes:
+            self.shape_of(node)
+        if self.shape.vms_per_node and self.image is None and self.kernel_boot is None:
+            raise ValueError("VMs need an image (a base disk on each host) or kernelBoot")
+        return self
+
+    def shape_of(self, node: ClusterNode) -> NodeShape:
+        """The node's shape: the cluster's, with the node's overrides applied."""
+        try:
+            return NodeShape.model_validate({**self.shape.model_dump(by_alias=True),
+                                             **node.overrides})
+        except ValidationError as exc:
+            raise ValueError(f"node {node.name}: overrides: {problems(exc)}") from None
+
+
+def problems(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, error['loc'])) or 'value'}: "
+                     f"{re.sub(r'^Value error, ', '', error['msg'])}" for error in exc.errors())
