@@ -70,7 +70,8 @@ class RecordingMonitor(MockMonitor):
     def _inputs(request) -> dict[str, Any]:
         from pulumi.runtime import rpc
 
-        return rpc.deserialize_properties(request.object)
+        return {key: rpc.unwrap_rpc_secret(value)
+                for key, value in rpc.deserialize_properties(request.object).items()}
 
 
 @dataclass
