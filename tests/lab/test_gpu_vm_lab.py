@@ -32,7 +32,7 @@ ISOLATED_PF = "0000:45:00.0"  # the igb on its own root port, node 0
 # node 1, seen as free pages 0 and 2); real hosts have hundreds.
 PREPARE = r'''
 set -e
-sed -i 's/^GRUB_CMDLINE_LINUX="/&default_hugepagesz=1G hugepagesz=1G hugepages=0:1,1:1 /' \
+sed -i 's/^GRUB_CMDLINE_LINUX="/&default_hugepagesz=1G hugepagesz=1G hugepages=0:1,1:1 nokaslr /' \
   /etc/default/grub
 update-grub > /dev/null 2>&1
 '''
