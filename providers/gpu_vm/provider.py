@@ -16,22 +16,18 @@ import uuid
 from typing import Any
 
 from pulumi.dynamic import (
-    CheckFailure,
-    CheckResult,
     CreateResult,
     DiffResult,
     ReadResult,
-    ResourceProvider,
     UpdateResult,
 )
-from pulumi.output import Unknown
-from pydantic import ValidationError
 
 from ..common import shell
+from ..common.dynamic import HostResourceProvider
 from ..errors import VelaError
 from ..facts import parse_facts, run_gather
 from ..facts.models import HostFacts
-from ..host import Host, SecretKey
+from ..host import Host
 from . import guest
 from .observe import (
     VOLUMES,
@@ -64,21 +60,7 @@ class GpuVmError(VelaError):
     """The guest cannot be made as asked; the message says why and what to do."""
 
 
-def _inputs(props: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in props.items()
-            if not key.startswith("__") and key not in OUTPUT_KEYS}
 
-
-def _field(error: dict) -> str:
-    return ".".join(str(part) for part in error["loc"]) or "inputs"
-
-
-def parse_inputs(props: dict[str, Any]) -> GpuVmArgs:
-    try:
-        return GpuVmArgs.model_validate(_inputs(props))
-    except ValidationError as exc:
-        raise GpuVmError("invalid GpuVm inputs: " + "; ".join(
-            f"{_field(error)}: {error['msg']}" for error in exc.errors())) from None
 
 
 def classify(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]]:
@@ -89,42 +71,31 @@ def classify(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]]:
             "live": [key for key in changed if key not in REPLACE_ON | RESTART_ON]}
 
 
-class GpuVmProvider(ResourceProvider):
+class GpuVmProvider(HostResourceProvider):
     """Pickled into every GpuVm resource's state: attributes are plain data only."""
 
-    def configure(self, req) -> None:
-        self.private_key = req.config.get("sshPrivateKey")
-        self.private_key_passphrase = req.config.get("sshPrivateKeyPassphrase")
-
-    def check(self, olds: dict, news: dict) -> CheckResult:
-        unknown = {key for key, value in news.items() if isinstance(value, Unknown)}
-        known = {key: value for key, value in _inputs(news).items() if key not in unknown}
-        try:
-            GpuVmArgs.model_validate(known)
-        except ValidationError as exc:
-            return CheckResult(news, [CheckFailure(_field(error), error["msg"])
-                                      for error in exc.errors() if not (
-                                          error["type"] == "missing"
-                                          and error["loc"][0] in unknown)])
-        return CheckResult(news, [])
+    kind = "GpuVm"
+    args_model = GpuVmArgs
+    error = GpuVmError
+    output_keys = OUTPUT_KEYS
 
     def diff(self, id_: str, olds: dict, news: dict) -> DiffResult:
-        kinds = classify(_inputs(olds), _inputs(news))
+        kinds = classify(self.inputs(olds), self.inputs(news))
         changed = any(kinds.values()) or olds.get("inSync") is False
         return DiffResult(changes=changed, replaces=kinds["replace"], delete_before_replace=True)
 
     def create(self, props: dict) -> CreateResult:
-        spec = parse_inputs(props)
+        spec = self.parse_inputs(props)
         outs = self._converge(spec, props)
         return CreateResult(outs["uuid"], outs)
 
     def update(self, id_: str, olds: dict, news: dict) -> UpdateResult:
-        spec = parse_inputs(news)
-        restart = bool(classify(_inputs(olds), _inputs(news))["restart"])
+        spec = self.parse_inputs(news)
+        restart = bool(classify(self.inputs(olds), self.inputs(news))["restart"])
         return UpdateResult(self._converge(spec, news, restart=restart))
 
     def read(self, id_: str, props: dict) -> ReadResult:
-        spec = parse_inputs(props)
+        spec = self.parse_inputs(props)
         host = self._host(spec)
         facts, observed = observe(host, spec)
         current = observed.domain(spec.name)
@@ -137,7 +108,7 @@ class GpuVmProvider(ResourceProvider):
         return ReadResult(id_, outs)
 
     def delete(self, id_: str, props: dict) -> None:
-        spec = parse_inputs(props)
+        spec = self.parse_inputs(props)
         host = self._host(spec)
         _, observed = observe(host, spec)
         current = observed.domain(spec.name)
@@ -255,13 +226,6 @@ class GpuVmProvider(ResourceProvider):
             made.append(f"domain {spec.name}: start")
         return calls, made
 
-    def _host(self, spec: GpuVmArgs) -> Host:
-        key = getattr(self, "private_key", None)
-        if not key:
-            raise GpuVmError("no SSH private key: set it as secret stack config with "
-                             "`pulumi config set --secret vela:sshPrivateKey < KEYFILE`")
-        return spec.connect(SecretKey(key, getattr(self, "private_key_passphrase", None)),
-                            name=f"{spec.address}:{spec.port}")
 
 
 VM_LIBRARY = r'''
@@ -346,7 +310,7 @@ def observe(host: Host, spec: GpuVmArgs) -> tuple[HostFacts, VmObservations]:
 def outputs(spec: GpuVmArgs, props: dict, layout: Layout, defined, observed: VmObservations,
             xml: str, topology: str, made: list[str]) -> dict:
     return {
-        **_inputs(props),
+        **GpuVmProvider.inputs(props),
         "uuid": defined.uuid,
         "state": defined.state,
         "addresses": observed.addresses,

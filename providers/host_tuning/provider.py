@@ -14,20 +14,16 @@ import json
 from typing import Any
 
 from pulumi.dynamic import (
-    CheckFailure,
-    CheckResult,
     CreateResult,
     DiffResult,
     ReadResult,
-    ResourceProvider,
     UpdateResult,
 )
-from pulumi.output import Unknown
-from pydantic import ValidationError
 
 from ..common import shell
+from ..common.dynamic import HostResourceProvider
 from ..facts.models import HostFacts
-from ..host import Host, SecretKey
+from ..host import Host
 from .converge import HostTuningError, Run, observe
 from .observe import ORIGINALS_DIRS, ORIGINALS_FILE, Observations
 from .plan import Plan, plan
@@ -49,45 +45,21 @@ OUTPUT_KEYS = ["gpus", "nics", "iommuGroups", "applied", "changes", "pendingRebo
                "pendingReasons", "reboots", "originals", "inSync", "drift"]
 
 
-def _inputs(props: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in props.items()
-            if not key.startswith("__") and key not in OUTPUT_KEYS}
 
 
-def parse_inputs(props: dict[str, Any]) -> HostTuningArgs:
-    try:
-        return HostTuningArgs.model_validate(_inputs(props))
-    except ValidationError as exc:
-        raise HostTuningError("invalid HostTuning inputs: " + "; ".join(
-            f"{_field(error)}: {error['msg']}" for error in exc.errors())) from None
 
-
-def _field(error: dict) -> str:
-    return ".".join(str(part) for part in error["loc"]) or "inputs"
-
-
-class HostTuningProvider(ResourceProvider):
+class HostTuningProvider(HostResourceProvider):
     """Pickled into every HostTuning resource's state: attributes are plain data only."""
 
-    def configure(self, req) -> None:
-        self.private_key = req.config.get("sshPrivateKey")
-        self.private_key_passphrase = req.config.get("sshPrivateKeyPassphrase")
+    kind = "HostTuning"
+    args_model = HostTuningArgs
+    error = HostTuningError
+    output_keys = OUTPUT_KEYS
 
     # -- engine calls ----------------------------------------------------------------------------
 
-    def check(self, olds: dict, news: dict) -> CheckResult:
-        unknown = {key for key, value in news.items() if isinstance(value, Unknown)}
-        known = {key: value for key, value in _inputs(news).items() if key not in unknown}
-        try:
-            HostTuningArgs.model_validate(known)
-        except ValidationError as exc:
-            failures = [CheckFailure(_field(error), error["msg"]) for error in exc.errors()
-                        if not (error["type"] == "missing" and error["loc"][0] in unknown)]
-            return CheckResult(news, failures)
-        return CheckResult(news, [])
-
     def diff(self, id_: str, olds: dict, news: dict) -> DiffResult:
-        old, new = _inputs(olds), _inputs(news)
+        old, new = self.inputs(olds), self.inputs(news)
         changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
         drifted = olds.get("inSync") is False or bool(olds.get("pendingReboot"))
         return DiffResult(changes=bool(changed) or drifted,
@@ -95,14 +67,14 @@ class HostTuningProvider(ResourceProvider):
                           delete_before_replace=True)
 
     def create(self, props: dict) -> CreateResult:
-        spec = parse_inputs(props)
+        spec = self.parse_inputs(props)
         return CreateResult(f"{spec.address}:{spec.port}", self._converge(spec, props))
 
     def update(self, id_: str, olds: dict, news: dict) -> UpdateResult:
-        return UpdateResult(self._converge(parse_inputs(news), news, previous=olds))
+        return UpdateResult(self._converge(self.parse_inputs(news), news, previous=olds))
 
     def read(self, id_: str, props: dict) -> ReadResult:
-        spec = parse_inputs(props)
+        spec = self.parse_inputs(props)
         host = self._host(spec)
         facts, observed = observe(host, spec)
         topology = _topology(host, spec, facts)
@@ -113,7 +85,7 @@ class HostTuningProvider(ResourceProvider):
                                        changes=[], reboots=0))
 
     def delete(self, id_: str, props: dict) -> None:
-        spec = parse_inputs(props)
+        spec = self.parse_inputs(props)
         host = self._host(spec)
         facts, observed = observe(host, spec)
         originals = _originals(props, observed)
@@ -152,13 +124,6 @@ class HostTuningProvider(ResourceProvider):
         return outputs(spec, props, done.facts, topology, desired, originals, done.plan,
                        changes=done.changes, reboots=done.reboots)
 
-    def _host(self, spec: HostTuningArgs) -> Host:
-        key = getattr(self, "private_key", None)
-        if not key:
-            raise HostTuningError("no SSH private key: set it as secret stack config with "
-                                  "`pulumi config set --secret vela:sshPrivateKey < KEYFILE`")
-        return spec.connect(SecretKey(key, getattr(self, "private_key_passphrase", None)),
-                            name=f"{spec.address}:{spec.port}")
 
 
 def _topology(host: Host, spec: HostTuningArgs, facts: HostFacts) -> Topology:
@@ -192,7 +157,7 @@ def outputs(spec: HostTuningArgs, props: dict, facts: HostFacts, topology: Topol
             other for other, device in facts.pci.items() if device.iommu_group == group))
     pairs = {pair.gpu: pair for pair in topology.pairs}
     return {
-        **_inputs(props),
+        **HostTuningProvider.inputs(props),
         "gpus": [{"address": address, "vendorDevice": facts.pci[address].vendor_device,
                   "numaNode": facts.pci[address].numa_node,
                   "iommuGroup": facts.pci[address].iommu_group,

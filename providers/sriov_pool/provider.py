@@ -10,24 +10,19 @@ planner; the originals are saved on the host before the first change and in the 
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from pulumi.dynamic import (
-    CheckFailure,
-    CheckResult,
     CreateResult,
     DiffResult,
     ReadResult,
-    ResourceProvider,
     UpdateResult,
 )
-from pulumi.output import Unknown
-from pydantic import ValidationError
 
 from ..common import shell
+from ..common.dynamic import HostResourceProvider
 from ..facts import parse_facts, run_gather
 from ..facts.models import HostFacts, PciDevice
-from ..host import Host, SecretKey
+from ..host import Host
 from .observe import (
     ORIGINALS_DIRS,
     PoolObservations,
@@ -51,58 +46,34 @@ REPLACE_ON = {"address", "port", "pf"}  # another machine or another port: a new
 OUTPUT_KEYS = ["pfDevice", "vfs", "networkName", "changes", "originals", "inSync", "drift"]
 
 
-def _inputs(props: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in props.items()
-            if not key.startswith("__") and key not in OUTPUT_KEYS}
 
 
-def _field(error: dict) -> str:
-    return ".".join(str(part) for part in error["loc"]) or "inputs"
 
-
-def parse_inputs(props: dict[str, Any]) -> SriovPoolArgs:
-    try:
-        return SriovPoolArgs.model_validate(_inputs(props))
-    except ValidationError as exc:
-        raise PoolError("invalid SriovPool inputs: " + "; ".join(
-            f"{_field(error)}: {error['msg']}" for error in exc.errors())) from None
-
-
-class SriovPoolProvider(ResourceProvider):
+class SriovPoolProvider(HostResourceProvider):
     """Pickled into every SriovPool resource's state: attributes are plain data only."""
 
-    def configure(self, req) -> None:
-        self.private_key = req.config.get("sshPrivateKey")
-        self.private_key_passphrase = req.config.get("sshPrivateKeyPassphrase")
-
-    def check(self, olds: dict, news: dict) -> CheckResult:
-        unknown = {key for key, value in news.items() if isinstance(value, Unknown)}
-        known = {key: value for key, value in _inputs(news).items() if key not in unknown}
-        try:
-            SriovPoolArgs.model_validate(known)
-        except ValidationError as exc:
-            failures = [CheckFailure(_field(error) if error["loc"] else "pf", error["msg"])
-                        for error in exc.errors()
-                        if not (error["type"] == "missing" and error["loc"][0] in unknown)]
-            return CheckResult(news, failures)
-        return CheckResult(news, [])
+    kind = "SriovPool"
+    args_model = SriovPoolArgs
+    error = PoolError
+    output_keys = OUTPUT_KEYS
+    model_error_field = "pf"  # model-level errors are about the port
 
     def diff(self, id_: str, olds: dict, news: dict) -> DiffResult:
-        old, new = _inputs(olds), _inputs(news)
+        old, new = self.inputs(olds), self.inputs(news)
         changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
         return DiffResult(changes=bool(changed) or olds.get("inSync") is False,
                           replaces=[key for key in changed if key in REPLACE_ON],
                           delete_before_replace=True)
 
     def create(self, props: dict) -> CreateResult:
-        spec = parse_inputs(props)
+        spec = self.parse_inputs(props)
         return CreateResult(f"{spec.address}:{spec.port}/{spec.pf}", self._converge(spec, props))
 
     def update(self, id_: str, olds: dict, news: dict) -> UpdateResult:
-        return UpdateResult(self._converge(parse_inputs(news), news, previous=olds))
+        return UpdateResult(self._converge(self.parse_inputs(news), news, previous=olds))
 
     def read(self, id_: str, props: dict) -> ReadResult:
-        spec = parse_inputs(props)
+        spec = self.parse_inputs(props)
         host = self._host(spec)
         facts, observed = observe(host, spec)
         pf = find_pf(spec, facts, observed)
@@ -113,7 +84,7 @@ class SriovPoolProvider(ResourceProvider):
         return ReadResult(id_, outputs(spec, props, facts, observed, pf, originals, drift, []))
 
     def delete(self, id_: str, props: dict) -> None:
-        spec = parse_inputs(props)
+        spec = self.parse_inputs(props)
         host = self._host(spec)
         facts, observed = observe(host, spec)
         originals = _originals(spec, props, observed)
@@ -143,13 +114,6 @@ class SriovPoolProvider(ResourceProvider):
         pf = find_pf(spec, facts, observed)
         return outputs(spec, props, facts, observed, pf, originals, final, made)
 
-    def _host(self, spec: SriovPoolArgs) -> Host:
-        key = getattr(self, "private_key", None)
-        if not key:
-            raise PoolError("no SSH private key: set it as secret stack config with "
-                            "`pulumi config set --secret vela:sshPrivateKey < KEYFILE`")
-        return spec.connect(SecretKey(key, getattr(self, "private_key_passphrase", None)),
-                            name=f"{spec.address}:{spec.port}")
 
 
 def observe(host: Host, spec: SriovPoolArgs) -> tuple[HostFacts, PoolObservations]:
@@ -215,7 +179,7 @@ def outputs(spec: SriovPoolArgs, props: dict, facts: HostFacts, observed: PoolOb
                     "vfioDevice": f"/dev/vfio/{group}" if device.driver == "vfio-pci"
                     and group is not None else None})
     return {
-        **_inputs(props),
+        **SriovPoolProvider.inputs(props),
         "pfDevice": {"address": pf.address, "interface": observed.netdev,
                    "numaNode": pf.numa_node, "switch": facts.upstream_switch(pf.address),
                    "totalVfs": pf.sriov_totalvfs, "numVfs": pf.sriov_numvfs},
