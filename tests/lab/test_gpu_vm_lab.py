@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from lab.hosts import Lab
+from tests.lab.conftest import booted_lab
 from providers.gpu_vm.provider import GpuVmProvider
 from providers.sriov_pool.provider import SriovPoolProvider
 from tests.support.provider_harness import ProviderCallError, ProviderServer, with_provider
@@ -45,16 +45,12 @@ cat /sys/devices/system/node/node*/hugepages/hugepages-1048576kB/free_hugepages
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    lab = Lab(tmp_path_factory.mktemp("lab"))
-    try:
-        lab.up(1)
+    with booted_lab(tmp_path_factory) as lab:
         lab.ssh_host(lab.host(0)).run_script(PREPARE, timeout=300)
         lab.reboot(0)
         free = lab.ssh_host(lab.host(0)).run_script(AFTER_REBOOT, timeout=120).text.split()
         assert free == ["1", "1"], f"1 GiB pages free per node after boot: {free}"
         yield lab
-    finally:
-        lab.down()
 
 
 def _base(lab_host) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.hosts import Lab
+from tests.lab.conftest import booted_lab
 from providers.facts import gather_facts
 from providers.host_tuning.provider import HostTuningProvider
 from tests.support.provider_harness import ProviderServer, with_provider
@@ -50,15 +50,11 @@ echo "module vfio_pci $(grep -c '^vfio_pci ' /proc/modules)"
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    lab = Lab(tmp_path_factory.mktemp("lab"))
-    try:
-        lab.up(1)
+    with booted_lab(tmp_path_factory) as lab:
         host = lab.ssh_host(lab.host(0))
         host.write_file(STANDIN_ON_HOST, STANDIN.read_bytes(), mode=0o755)
         host.run(["update-grub"], timeout=300)  # grub.cfg as update-grub writes it
         yield lab
-    finally:
-        lab.down()
 
 
 def _snapshot(host) -> list[str]:

@@ -8,23 +8,12 @@ import sys
 
 import pytest
 
-from lab.hosts import Lab
 from lab.machine import GPU_STAND_IN, SRIOV_NIC
 from providers.facts import gather_facts
 from providers.facts.cmdline import cmdline_value
 
 pytestmark = pytest.mark.slow
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    lab = Lab(tmp_path_factory.mktemp("lab"))
-    try:
-        lab.up(1)
-        yield lab
-    finally:
-        lab.down()
 
 
 def _facts(lab):

@@ -11,7 +11,6 @@ import json
 
 import pytest
 
-from lab.hosts import Lab
 from providers.sriov_pool.provider import SriovPoolProvider
 from tests.support.provider_harness import (
     ProviderCallError,
@@ -35,16 +34,6 @@ find /etc/systemd/system /usr/local/sbin /var/lib/vela -mindepth 1 2>/dev/null |
 virsh -q net-list --all --name | sort
 virsh -q list --all --name | sort
 '''
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    lab = Lab(tmp_path_factory.mktemp("lab"))
-    try:
-        lab.up(1)
-        yield lab
-    finally:
-        lab.down()
 
 
 def _vf_lines(host) -> dict[str, str]:
