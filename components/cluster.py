@@ -116,30 +116,22 @@ def port_slug(port: str) -> str:
 
 
 def host_tuning_inputs(args: ClusterArgs, shape: NodeShape) -> dict[str, Any]:
-    inputs: dict[str, Any] = {"mode": args.mode, "reboot": args.reboot, **args.host_tuning}
-    if shape.gpu_selector is not None:
-        inputs["gpuSelector"] = shape.gpu_selector
-    if shape.nic_selector is not None:
-        inputs["nicSelector"] = shape.nic_selector
-    if shape.hugepages is not None:
-        inputs["hugepages"] = shape.hugepages
-    return inputs
+    return {"mode": args.mode, "reboot": args.reboot, **args.host_tuning,
+            **_given(gpuSelector=shape.gpu_selector, nicSelector=shape.nic_selector,
+                     hugepages=shape.hugepages)}
 
 
 def vm_inputs(args: ClusterArgs, shape: NodeShape, name: str) -> dict[str, Any]:
-    inputs: dict[str, Any] = {
-        "name": name, "gpus": shape.gpus_per_vm, "wholeNodes": shape.whole_nodes,
-        "reservedCpus": shape.reserved_cpus, "domainType": args.domain_type,
-        "cpuModel": args.cpu_model, "network": args.network,
-        "guest": args.guest.model_dump(by_alias=True), **args.gpu_vm}
-    if shape.vcpus is not None:
-        inputs["vcpus"] = shape.vcpus
-    if shape.memory_gib is not None:
-        inputs["memoryGib"] = shape.memory_gib
-    if shape.gpu_selector is not None:
-        inputs["gpuSelector"] = shape.gpu_selector
-    if args.image is not None:
-        inputs["image"] = args.image.model_dump(by_alias=True)
-    if args.kernel_boot is not None:
-        inputs["kernelBoot"] = args.kernel_boot.model_dump(by_alias=True)
-    return inputs
+    return {"name": name, "gpus": shape.gpus_per_vm, "wholeNodes": shape.whole_nodes,
+            "reservedCpus": shape.reserved_cpus, "domainType": args.domain_type,
+            "cpuModel": args.cpu_model, "network": args.network,
+            "guest": args.guest.model_dump(by_alias=True), **args.gpu_vm,
+            **_given(vcpus=shape.vcpus, memoryGib=shape.memory_gib,
+                     gpuSelector=shape.gpu_selector,
+                     image=args.image and args.image.model_dump(by_alias=True),
+                     kernelBoot=args.kernel_boot and args.kernel_boot.model_dump(by_alias=True))}
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The values that are set: Pulumi drops nulls, and a resource's default applies."""
+    return {key: value for key, value in values.items() if value is not None}

@@ -26,14 +26,15 @@ class NodeSpec(SshTarget):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
-def parse_nodes(raw: Any, key: str = "vela:nodes") -> list[NodeSpec]:
+def parse_nodes(raw: Any, key: str = "vela:nodes",
+                model: type[NodeSpec] = NodeSpec) -> list[NodeSpec]:
     """Validate the list under `key`; names must be unique (they name each node's resources)."""
     if not isinstance(raw, list):
         raise InventoryError(f"{key} must be a list of nodes, got {type(raw).__name__}")
     nodes = []
     for index, entry in enumerate(raw):
         try:
-            nodes.append(NodeSpec.model_validate(entry))
+            nodes.append(model.model_validate(entry))
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, error['loc'])) or 'entry'}: {error['msg']}"
                                  for error in exc.errors())

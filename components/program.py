@@ -15,7 +15,7 @@ from typing import Any
 import pulumi
 
 from .cluster import VelaCluster
-from .cluster_spec import ClusterArgs, problems
+from .cluster_spec import ClusterArgs, ClusterNode, problems
 from .inventory import InventoryError, load_inventory_file, parse_nodes
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -61,13 +61,9 @@ def _nodes(config: pulumi.Config) -> list[dict[str, Any]]:
     inventory_file = config.get("inventoryFile")
     if inventory_file:
         nodes = load_inventory_file(PROJECT_ROOT / inventory_file)
-        entries = [node.model_dump(by_alias=True) for node in nodes]
     else:
-        raw = _object(config, "nodes")
-        parse_nodes([{k: v for k, v in entry.items() if k != "overrides"}
-                     if isinstance(entry, dict) else entry for entry in raw or []]
-                    if isinstance(raw, list) else raw)
-        entries = list(raw or [])
+        nodes = parse_nodes(_object(config, "nodes") or [], model=ClusterNode)
+    entries = [node.model_dump(by_alias=True) for node in nodes]
     overrides = _object(config, "nodeOverrides") or {}
     if not isinstance(overrides, dict):
         raise InventoryError("vela:nodeOverrides must map node names to shape fields")

@@ -27,7 +27,9 @@ from providers.host_tuning.target import desired_target as host_target
 from providers.host_tuning.target import select_topology
 from providers.sriov_pool.observe import PoolObservations
 from providers.sriov_pool.plan import desired_target as pool_target
-from providers.sriov_pool.plan import find_pf, plan as pool_plan, preflight as pool_preflight
+from providers.sriov_pool.plan import find_pf, vf_address
+from providers.sriov_pool.plan import plan as pool_plan
+from providers.sriov_pool.plan import preflight as pool_preflight
 from providers.sriov_pool.spec import SriovPoolArgs
 from providers.facts import gather_facts
 from tests.support.hgx import hgx_a100
@@ -108,7 +110,6 @@ def test_sriov_pools_and_the_vm_plan_against_hgx_facts(run, hgx, hgx_with_vfs):
         changes = pool_plan(spec, pool_target(spec, facts, observed, pf), facts, observed, pf)
         assert changes[0].kind == "autoprobe" and changes[1].kind == "vf-count"
         # Where the VF will appear once created: the PF's SR-IOV offset and stride decide.
-        from providers.sriov_pool.plan import vf_address
         address = vf_address(pf, 0)
         assert address == later.pci[pf.address].virtfns[0].address
         vfs.append({"index": 0, "address": address, "pf": pf.address})
