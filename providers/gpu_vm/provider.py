@@ -145,15 +145,12 @@ class GpuVmProvider(HostResourceProvider):
         xml = render(element)
         topology = guest.nccl_topology(layout, facts.cpu_vendor)
         calls, made = self._plan(spec, facts, observed, layout, current, xml, topology, restart)
+        if spec.start and (calls or not observed.addresses):
+            # In the same exec: one round trip applies and waits for the guest's address.
+            calls.append(shell.call("vela_vm_wait_address", spec.name, spec.wait_timeout))
         if calls:
             host.run_script(shell.script(calls, preamble=VM_LIBRARY),
                             timeout=spec.wait_timeout + 600)
-        waiting = spec.start and (calls or not observed.addresses)
-        if waiting:
-            host.run_script(shell.script([shell.call("vela_vm_wait_address", spec.name,
-                                                     spec.wait_timeout)],
-                                         preamble=VM_LIBRARY), timeout=spec.wait_timeout + 60)
-        if calls or waiting:
             facts, observed = observe(host, spec)
         defined = observed.domain(spec.name)
         if defined is None:
