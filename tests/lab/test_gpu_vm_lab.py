@@ -1,6 +1,6 @@
 """GpuVm on a lab host, through the dynamic-provider gRPC server: a nested guest with the GPU
 stand-in and an igb VF passed through boots, takes a DHCP lease, answers pings and sees both
-devices on its NUMA node 0; applying again changes nothing; a second guest wanting the same GPU
+devices on its NUMA node 0; applying again changes nothing and refresh reads it in sync; a second guest wanting the same GPU
 and a guest wanting more huge pages than the host has fail clearly, leaving nothing behind;
 delete removes the domain and its volumes.
 
@@ -110,6 +110,9 @@ def test_nested_guest_with_gpu_and_vf(lab, tmp_path):
         listed = host.run(["virsh", "-q", "list", "--all", "--name"]).text
         again = server.update("vm", id_, outs, inputs)
         assert again["changes"] == [] and again["uuid"] == outs["uuid"]
+        read_id, refreshed = server.read("vm", id_, again)  # what `pulumi refresh` calls
+        assert read_id == id_ and refreshed["inSync"] and refreshed["drift"] == []
+        assert refreshed["state"] == "running" and refreshed["addresses"] == [address]
 
         rival = with_provider(GpuVmProvider(), {**vm, "name": "rival", "gpus": [GPU],
                                                  "vfs": []})
