@@ -96,6 +96,9 @@ class ProviderServer:
     # -- engine calls ----------------------------------------------------------------------------
 
     def urn(self, name: str, type_: str = "pulumi-python:dynamic:Resource") -> str:
+        """A resource's URN from its name; a caller that has the real URN passes it instead."""
+        if name.startswith("urn:pulumi:"):
+            return name
         return f"urn:pulumi:{self.stack}::{self.project}::{type_}::{name}"
 
     def check(self, name: str, olds: dict, news: dict) -> tuple[dict, list[tuple[str, str]]]:
