@@ -8,6 +8,7 @@ produce a shape the cluster-wide validation would refuse. Every error names the 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -92,8 +93,8 @@ class ClusterArgs(_Model):
 
     @model_validator(mode="after")
     def _nodes(self) -> "ClusterArgs":
-        names = [node.name for node in self.nodes]
-        repeated = sorted({name for name in names if names.count(name) > 1})
+        counts = Counter(node.name for node in self.nodes)
+        repeated = sorted(name for name, count in counts.items() if count > 1)
         if repeated:
             raise ValueError(f"node names must be unique; repeated: {repeated}")
         for node in self.nodes:

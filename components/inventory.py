@@ -8,6 +8,7 @@ Parsed from stack config by `__main__.py` (the only place that reads config) int
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,8 @@ def parse_nodes(raw: Any, key: str = "vela:nodes",
             problems = "; ".join(f"{'.'.join(map(str, error['loc'])) or 'entry'}: {error['msg']}"
                                  for error in exc.errors())
             raise InventoryError(f"{key}[{index}] is invalid: {problems}") from None
-    names = [node.name for node in nodes]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
+    counts = Counter(node.name for node in nodes)
+    duplicates = sorted(name for name, count in counts.items() if count > 1)
     if duplicates:
         raise InventoryError(f"{key}: node names must be unique; repeated: {duplicates}")
     return nodes

@@ -9,6 +9,9 @@ writes), `nodeOverrides` (node name -> shape fields), `shape`, `mode`, `reboot`,
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -100,16 +103,45 @@ def _config_problems(exc: Exception) -> str:
 
 def declare(args: ClusterArgs, provider_config: dict[str, Any]) -> VelaCluster:
     """The cluster and the stack's exports."""
-    cluster = VelaCluster(args.name, args, provider_config=provider_config)
-    vm_names = list(cluster.vms)
-    addresses = pulumi.Output.all(*[vm.addresses for vm in cluster.vms.values()]).apply(
-        lambda lists: dict(zip(vm_names, [list(a or []) for a in lists])))
-    pulumi.export("vmAddresses", addresses)
-    pulumi.export("hostfile", addresses.apply(lambda by_vm: hostfile(by_vm, args)))
-    if cluster.vms:
-        pulumi.export("ncclEnvironment", next(iter(cluster.vms.values())).ncclEnvironment)
-    pulumi.export("summary", summary(args))
+    with _collector_paused():
+        cluster = VelaCluster(args.name, args, provider_config=provider_config)
+        vm_names = list(cluster.vms)
+        addresses = pulumi.Output.all(*[vm.addresses for vm in cluster.vms.values()]).apply(
+            lambda lists: dict(zip(vm_names, [list(a or []) for a in lists])))
+        pulumi.export("vmAddresses", addresses)
+        pulumi.export("hostfile", addresses.apply(lambda by_vm: hostfile(by_vm, args)))
+        if cluster.vms:
+            pulumi.export("ncclEnvironment", next(iter(cluster.vms.values())).ncclEnvironment)
+        pulumi.export("summary", summary(args))
     return cluster
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Declare with Python's cyclic GC off, then freeze the heap (`gc.freeze`) and turn it on.
+
+    Declaring is synchronous: no RegisterResource is sent until the program returns to the
+    event loop, so everything the SDK allocates meanwhile stays alive (per input property of
+    every resource: four futures, a resolver, an Output with its task and context; about 2,400
+    tracked objects per node), and much of it lives as long as the resources, i.e. until the
+    program exits. CPython's full collection walks the whole heap each time it has grown by a
+    quarter, so with the collector on, GC took more than half of running the program for 1,000
+    nodes and its share grew with the cluster (13 s at 1,000 nodes, 33 s at 2,000). Frozen
+    objects are still freed by reference counting; only cycles among them stay until the
+    process exits (a few dozen objects per node), and the language host's process exits after
+    the deployment. A failed declaration turns the collector back on and freezes nothing.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    except BaseException:
+        if enabled:
+            gc.enable()
+        raise
+    gc.freeze()  # before turning it on: a young collection would otherwise walk all of it once
+    if enabled:
+        gc.enable()
 
 
 def hostfile(addresses: dict[str, list[str]], args: ClusterArgs) -> str:

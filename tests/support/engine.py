@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import gc
 import hashlib
 import json
 import os
@@ -378,6 +379,7 @@ class _Run:
         # run left scheduled can reach the next one (nor be waited for by it).
         with runtime_settings.SETTINGS.lock:
             runtime_settings.SETTINGS.outputs.clear()
+        previous_loop = _current_loop()
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         # Outputs of a failed step are never awaited: the run's error already says why.
@@ -393,7 +395,6 @@ class _Run:
         # steps can be in flight, the engine's `--parallel`.
         executor = ThreadPoolExecutor(max_workers=self.engine.parallel)
         loop.set_default_executor(executor)
-        rpcs = runtime_settings._get_rpc_manager()  # noqa: SLF001
         try:
             runpy.run_path(str(self.engine.program), run_name="__main__")
             stack._finish()  # noqa: SLF001 - what run_in_stack does after the program
@@ -403,11 +404,12 @@ class _Run:
             with self.lock:
                 if not any(message in error or error in message for error in self.errors):
                     self.errors.append(message)
-            _sync_await(_settle(rpcs))  # registrations still running finish, as in the engine
         finally:
-            monitor.wait_idle()
+            monitor.wait_idle()  # steps already started finish, as in the engine; no new ones
             _close(loop)
             executor.shutdown(wait=False)
+            asyncio.set_event_loop(previous_loop)
+            gc.unfreeze()  # the program freezes its heap, right for a process that then exits
             pulumi.runtime.set_all_config({})
 
     def _urn(self, parent: str, type_: str, name: str) -> str:
@@ -604,20 +606,18 @@ class _Run:
         return final
 
 
+def _current_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        return None
+
+
 def _close(loop: asyncio.AbstractEventLoop) -> None:
     """Cancel what a failed program left scheduled; the loop never runs again (it stays open:
     the SDK keeps references to it), and the next run gets a new one."""
     for task in asyncio.all_tasks(loop):
         task.cancel()
-
-
-async def _settle(rpcs) -> None:
-    """Await what the program still has in flight after a failure; their errors are known."""
-    while rpcs.rpcs:
-        try:
-            await rpcs.rpcs.pop()
-        except Exception:  # noqa: BLE001, S110 - the first failure is already the run's error
-            pass
 
 
 class _Monitor(MockMonitor):

@@ -8,6 +8,7 @@ resource's list outputs are empty until the providers run.
 
 from __future__ import annotations
 
+import gc
 import json
 import runpy
 from dataclasses import dataclass, field
@@ -117,4 +118,7 @@ def run_program(config: dict[str, str], *, stack: str = "dev",
         _sync_await(wait_for_rpcs())
     finally:
         pulumi.runtime.set_all_config({})
+        # The program freezes what it declared (components.program.declare), which is right
+        # for the language host's process, that exits after one run; this process runs many.
+        gc.unfreeze()
     return ProgramRun(namespace=namespace, registrations=monitor.registrations)
