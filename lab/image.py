@@ -176,6 +176,12 @@ def _customize(rootfs: Path, image: Image) -> str:
     _run(["chroot", str(rootfs), "systemctl", "enable", "systemd-networkd.service",
           "vela-lab-seed.service"])
     _run(["chroot", str(rootfs), "systemctl", "mask", *MASKED_UNITS])
+    # As a Debian install leaves it (the package script cannot do it in a chroot): libvirt's NAT
+    # network `default` starts at boot, so guests have a management network.
+    autostart = rootfs / "etc/libvirt/qemu/networks/autostart/default.xml"
+    autostart.parent.mkdir(parents=True, exist_ok=True)
+    if not autostart.is_symlink():
+        autostart.symlink_to("../default.xml")
     _run(["chroot", str(rootfs), "/usr/local/sbin/vela-build-guest-initrd"])
     shutil.copytree(rootfs / "usr/lib/grub/x86_64-efi", rootfs / "boot/grub/x86_64-efi",
                     dirs_exist_ok=True)

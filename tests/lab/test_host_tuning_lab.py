@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.conftest import booted_lab
+from tests.lab.conftest import booted_lab, host_snapshot
 from providers.facts import gather_facts
 from providers.host_tuning.provider import HostTuningProvider
 from tests.support.provider_harness import ProviderServer, with_provider
@@ -23,29 +23,6 @@ from tests.support.provider_harness import ProviderServer, with_provider
 pytestmark = pytest.mark.slow
 STANDIN = Path(__file__).resolve().parents[1] / "support" / "standins" / "mstconfig-standin"
 STANDIN_ON_HOST = "/usr/local/sbin/mstconfig-standin"
-SNAPSHOT = r'''
-set -u
-echo "cmdline $(cat /proc/cmdline)"
-for path in /etc/default/grub /boot/grub/grub.cfg; do echo "file $path $(sha256sum < $path)"; done
-find /etc/modprobe.d /etc/modules-load.d /etc/sysctl.d /etc/systemd/system /usr/local/sbin \
-     /var/lib/vela -mindepth 1 2>/dev/null | sort | while read -r path; do
-  if [ -L "$path" ]; then echo "link $path $(readlink "$path")"
-  elif [ -f "$path" ]; then echo "file $path $(sha256sum < "$path")"
-  else echo "dir $path"; fi
-done
-for dev in /sys/bus/pci/devices/*; do
-  case $(cat $dev/vendor):$(cat $dev/device) in 0x1af4:0x1110|0x8086:0x10c9) ;; *) continue ;; esac
-  driver=$(readlink $dev/driver 2>/dev/null); echo "pci ${dev##*/} driver=${driver##*/}" \
-    "override=$(cat $dev/driver_override) config=$(od -An -tx1 -N 256 $dev/config | tr -d ' \n')"
-  [ -e $dev/sriov_numvfs ] && echo "pci ${dev##*/} numvfs=$(cat $dev/sriov_numvfs)"
-  [ ! -e $dev/sriov_numvfs ] || mstconfig-standin -d ${dev##*/} -e q | sed 's/^/firmware /'
-done
-for pool in /sys/devices/system/node/node*/hugepages/hugepages-*; do
-  echo "hugepages $pool $(cat $pool/nr_hugepages)"
-done
-echo "sysctl swappiness $(cat /proc/sys/vm/swappiness)"
-echo "module vfio_pci $(grep -c '^vfio_pci ' /proc/modules)"
-'''
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +34,6 @@ def lab(tmp_path_factory):
         yield lab
 
 
-def _snapshot(host) -> list[str]:
-    return host.run_script(SNAPSHOT, timeout=120).text.splitlines()
-
-
 def _sessions(host) -> int:
     """Commands sshd started since boot (this one included)."""
     text = host.run(["journalctl", "-t", "sshd", "--no-pager", "-o", "cat"]).text
@@ -70,7 +43,7 @@ def _sessions(host) -> int:
 def test_apply_verify_reapply_refresh_delete(lab, tmp_path):
     lab_host = lab.host(0)
     host = lab.ssh_host(lab_host)
-    before = _snapshot(host)
+    before = host_snapshot(host)
     inputs = with_provider(HostTuningProvider(), {
         "address": "127.0.0.1", "port": lab_host.spec.ssh_port, "user": "root",
         "hostKey": lab_host.host_key, "gpuSelector": ["lab-gpu"], "nicSelector": ["lab-nic"],
@@ -117,6 +90,6 @@ def test_apply_verify_reapply_refresh_delete(lab, tmp_path):
         assert server.diff("lab-0", id_, refreshed, checked).changes is True
 
         server.delete("lab-0", id_, refreshed)
-    after = _snapshot(host)
+    after = host_snapshot(host)
     assert [line for line in after if line not in before] == []
     assert [line for line in before if line not in after] == []

@@ -488,12 +488,14 @@ class _Run:
         diff = server.diff(state.urn, old.id, reveal(old.outputs), checked)
         changes = diff.changes if diff.changes is not None else \
             reveal(old.inputs) != checked
+        # Moving to another provider instance replaces the resource, whatever the diff says.
+        moved = old.provider.rsplit("::", 1)[0] != state.provider.rsplit("::", 1)[0]
         state.id = old.id
-        if not changes:
+        if not changes and not moved:
             return "same", reveal(old.outputs)
         if self.preview:
-            return ("replace" if diff.replaces else "update"), checked
-        if diff.replaces:
+            return ("replace" if diff.replaces or moved else "update"), checked
+        if diff.replaces or moved:
             if state.delete_before_replace or diff.delete_before_replace:
                 self.server(old.provider).delete(old.urn, old.id, reveal(old.outputs))
             else:

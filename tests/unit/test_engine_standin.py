@@ -157,3 +157,13 @@ def test_refresh_drops_what_is_gone_and_destroy_deletes_in_order(stack):
     assert destroyed.ok and stack.files() == {}
     assert stack.span("delete", "b")[1] <= stack.span("delete", "a")[0]
     assert stack.engine.state() == {}
+
+
+def test_moving_to_another_provider_instance_replaces(stack):
+    entries = [{"name": "a", "value": "1"}, {"name": "b", "value": "1"}]
+    stack.set(entries).engine.up()
+    moved = stack.set(entries, **{"vela:shards": "1"}).engine.up()
+    assert moved.ok, moved.errors
+    assert (moved.ops()["a"], moved.ops()["b"]) == ("replace", "replace")
+    again = stack.engine.up()
+    assert (again.ops()["a"], again.ops()["b"]) == ("same", "same")
