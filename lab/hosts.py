@@ -30,6 +30,7 @@ from .machine import OVMF_VARS, HostSpec, qemu_argv
 from .qmp import Qmp, QmpError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+KERNEL_PANIC = b"Kernel panic - not syncing"
 BOOT_DEADLINE = 420.0  # TCG boots take 25-40 s, and once in a while far longer
 
 
@@ -126,10 +127,15 @@ class Lab:
         """Wait until the host answers over SSH (in a new boot, if `not_boot_id` is given);
         return its boot id."""
         started = time.monotonic()
+        console_seen = self._console_size(host)  # a reboot keeps the earlier boots' output
         last_error: Exception | None = None
         while time.monotonic() - started < deadline:
             if not host.running():
                 raise LabError(f"{host.name}: QEMU exited; console:\n{self.console_tail(host)}")
+            if self._panicked_since(host, console_seen):
+                # A panicked kernel never answers; say so now rather than after the deadline.
+                raise LabError(f"{host.name}: the kernel panicked while booting; console:\n"
+                               f"{self.console_tail(host)}")
             try:
                 boot = self.ssh_host(host, connect_timeout=5.0).run(
                     ["cat", "/proc/sys/kernel/random/boot_id"], timeout=20).text.strip()
@@ -161,6 +167,22 @@ class Lab:
         close_all_connections()
         if wait:
             self.wait_for_ssh(host, log=log)
+
+    @staticmethod
+    def _console_size(host: LabHost) -> int:
+        try:
+            return host.spec.path("console.log").stat().st_size
+        except OSError:
+            return 0
+
+    @staticmethod
+    def _panicked_since(host: LabHost, offset: int) -> bool:
+        try:
+            with open(host.spec.path("console.log"), "rb") as console:
+                console.seek(offset)
+                return KERNEL_PANIC in console.read()
+        except OSError:
+            return False
 
     def console_tail(self, host: LabHost, lines: int = 30) -> str:
         try:

@@ -26,6 +26,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from providers.host_tuning import grub
+
 from .apt_sources import debian_sources
 
 RELEASE = "bookworm"
@@ -190,14 +192,16 @@ def _customize(rootfs: Path, image: Image) -> str:
     if not versions:
         raise ImageBuildError("the root filesystem has no kernel in /boot")
     version = versions[-1]
-    # A first grub.cfg; the host's own update-grub replaces it (it cannot run in a chroot).
+    # A first grub.cfg; the host's own update-grub replaces it (it cannot run in a chroot). It
+    # boots the arguments /etc/default/grub names, so the first boot and later ones agree.
+    defaults = grub.variables((rootfs / "etc/default/grub").read_text())
+    kernel_args = " ".join(defaults[grub.LINUX] + defaults[grub.DEFAULT])
     (rootfs / "boot/grub/grub.cfg").write_text(
         "set default=0\nset timeout=0\nserial --unit=0 --speed=115200\n"
         "terminal_input console serial\nterminal_output console serial\n"
         "menuentry 'Debian GNU/Linux' {\n"
         f"  search --no-floppy --fs-uuid --set=root {image.root_uuid}\n"
-        f"  linux /boot/vmlinuz-{version} root=UUID={image.root_uuid} ro "
-        "console=ttyS0,115200n8\n"
+        f"  linux /boot/vmlinuz-{version} root=UUID={image.root_uuid} ro {kernel_args}\n"
         f"  initrd /boot/initrd.img-{version}\n}}\n")
     return version
 
