@@ -75,7 +75,8 @@ def test_nested_guest_with_gpu_and_vf(lab, tmp_path):
         vm = {**_base(lab_host), "name": "lab-vm", "vcpus": 1, "memoryGib": 1, "gpus": 1,
               "gpuSelector": ["lab-gpu"], "vfs": [vf], "reservedCpus": 0,
               "kernelBoot": {"kernel": "/usr/local/share/vela-guest/vmlinuz",
-                             "initrd": "/usr/local/share/vela-guest/initrd.img"},
+                             "initrd": "/usr/local/share/vela-guest/initrd.img",
+                             "cmdline": "console=ttyS0 no_timer_check"},
               "domainType": "qemu", "cpuModel": "qemu64", "waitTimeout": 1200,
               "shutdownTimeout": 20}  # the lab's busybox guest ignores ACPI shutdown
         inputs, failures = server.check("vm", {}, with_provider(GpuVmProvider(), vm))
