@@ -27,12 +27,11 @@ GPU = "0000:43:00.0"  # the GPU stand-in on node 0
 ISOLATED_PF = "0000:45:00.0"  # the igb on its own root port, node 0
 # Boot-time 1 GiB pages, as HostTuning's hugepages setting configures them: at run time the
 # kernel rarely finds a free, aligned gigabyte on node 0. default_hugepagesz=1G makes systemd's
-# /dev/hugepages serve them, which libvirt uses. nokaslr: a 4 GiB lab node has few aligned
-# gigabytes, and a randomly placed kernel image can take node 0's (its page then comes from
-# node 1, seen as free pages 0 and 2); real hosts have hundreds.
+# /dev/hugepages serve them, which libvirt uses. The lab image boots with nokaslr, so the kernel
+# image does not take node 0's aligned gigabyte (its page would come from node 1: free 0 and 2).
 PREPARE = r'''
 set -e
-sed -i 's/^GRUB_CMDLINE_LINUX="/&default_hugepagesz=1G hugepagesz=1G hugepages=0:1,1:1 nokaslr /' \
+sed -i 's/^GRUB_CMDLINE_LINUX="/&default_hugepagesz=1G hugepagesz=1G hugepages=0:1,1:1 /' \
   /etc/default/grub
 update-grub > /dev/null 2>&1
 '''
