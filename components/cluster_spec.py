@@ -8,7 +8,6 @@ produce a shape the cluster-wide validation would refuse. Every error names the 
 from __future__ import annotations
 
 import re
-from collections import Counter
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -17,7 +16,7 @@ from pydantic.alias_generators import to_camel
 from providers.gpu_vm.spec import Guest, Image, KernelBoot
 from providers.validate import interface_name, pci_address
 
-from .inventory import NodeSpec
+from .inventory import NodeSpec, repeated_names
 
 
 class _Model(BaseModel):
@@ -93,8 +92,7 @@ class ClusterArgs(_Model):
 
     @model_validator(mode="after")
     def _nodes(self) -> "ClusterArgs":
-        counts = Counter(node.name for node in self.nodes)
-        repeated = sorted(name for name, count in counts.items() if count > 1)
+        repeated = repeated_names(self.nodes)
         if repeated:
             raise ValueError(f"node names must be unique; repeated: {repeated}")
         for node in self.nodes:

@@ -27,6 +27,12 @@ class NodeSpec(SshTarget):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
+def repeated_names(nodes: list[NodeSpec]) -> list[str]:
+    """Node names given more than once, sorted (names key the resources, so they are unique)."""
+    counts = Counter(node.name for node in nodes)
+    return sorted(name for name, count in counts.items() if count > 1)
+
+
 def parse_nodes(raw: Any, key: str = "vela:nodes",
                 model: type[NodeSpec] = NodeSpec) -> list[NodeSpec]:
     """Validate the list under `key`; names must be unique (they name each node's resources)."""
@@ -40,8 +46,7 @@ def parse_nodes(raw: Any, key: str = "vela:nodes",
             problems = "; ".join(f"{'.'.join(map(str, error['loc'])) or 'entry'}: {error['msg']}"
                                  for error in exc.errors())
             raise InventoryError(f"{key}[{index}] is invalid: {problems}") from None
-    counts = Counter(node.name for node in nodes)
-    duplicates = sorted(name for name, count in counts.items() if count > 1)
+    duplicates = repeated_names(nodes)
     if duplicates:
         raise InventoryError(f"{key}: node names must be unique; repeated: {duplicates}")
     return nodes

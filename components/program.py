@@ -135,13 +135,10 @@ def _collector_paused() -> Iterator[None]:
     gc.disable()
     try:
         yield
-    except BaseException:
+        gc.freeze()  # before turning it on: a young collection would otherwise walk all of it
+    finally:
         if enabled:
             gc.enable()
-        raise
-    gc.freeze()  # before turning it on: a young collection would otherwise walk all of it once
-    if enabled:
-        gc.enable()
 
 
 def hostfile(addresses: dict[str, list[str]], args: ClusterArgs) -> str:
