@@ -73,8 +73,6 @@ def lab(host_counts: list[int]) -> None:
         started = time.monotonic()
         bench_lab.up(max(host_counts), log=lambda message: None)
         print(f"lab of {max(host_counts)} hosts booted in {time.monotonic() - started:.0f} s")
-        for host in bench_lab.hosts():
-            bench_lab.ssh_host(host).run(["update-grub"], timeout=300)
         print(f"{'hosts':>5} {'up s':>7} {'slowest step':>24} {'destroy s':>10}")
         try:
             for count in host_counts:

@@ -176,7 +176,7 @@ def _customize(rootfs: Path, image: Image) -> str:
     (rootfs / "etc/hostname").write_text("vela-lab\n")
     (rootfs / "etc/fstab").write_text(f"UUID={image.root_uuid} / ext4 errors=remount-ro 0 1\n")
     _run(["chroot", str(rootfs), "systemctl", "enable", "systemd-networkd.service",
-          "vela-lab-seed.service"])
+          "vela-lab-seed.service", "vela-lab-first-grub.service"])
     _run(["chroot", str(rootfs), "systemctl", "mask", *MASKED_UNITS])
     # As a Debian install leaves it (the package script cannot do it in a chroot): libvirt's NAT
     # network `default` starts at boot, so guests have a management network.
@@ -192,8 +192,9 @@ def _customize(rootfs: Path, image: Image) -> str:
     if not versions:
         raise ImageBuildError("the root filesystem has no kernel in /boot")
     version = versions[-1]
-    # A first grub.cfg; the host's own update-grub replaces it (it cannot run in a chroot). It
-    # boots the arguments /etc/default/grub names, so the first boot and later ones agree.
+    # A first grub.cfg, since update-grub cannot run in a chroot: the host's first boot replaces
+    # it with update-grub's (vela-lab-first-grub.service). It boots the arguments
+    # /etc/default/grub names, so the first boot and later ones agree.
     defaults = grub.variables((rootfs / "etc/default/grub").read_text())
     kernel_args = " ".join(defaults[grub.LINUX] + defaults[grub.DEFAULT])
     (rootfs / "boot/grub/grub.cfg").write_text(
@@ -203,6 +204,9 @@ def _customize(rootfs: Path, image: Image) -> str:
         f"  search --no-floppy --fs-uuid --set=root {image.root_uuid}\n"
         f"  linux /boot/vmlinuz-{version} root=UUID={image.root_uuid} ro {kernel_args}\n"
         f"  initrd /boot/initrd.img-{version}\n}}\n")
+    marker = rootfs / "var/lib/vela-lab/grub-cfg-from-image"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("")
     return version
 
 

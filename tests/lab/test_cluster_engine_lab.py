@@ -53,7 +53,6 @@ def add_host(lab, index: int):
     """Boot lab host `index` (a server racked later) and take its snapshot before vela."""
     lab.up(index + 1)
     host = lab.ssh_host(lab.host(index))
-    host.run(["update-grub"], timeout=300)  # grub.cfg as update-grub writes it: restores exact
     return host, host_snapshot(host)
 
 

@@ -30,7 +30,6 @@ def lab(tmp_path_factory):
     with booted_lab(tmp_path_factory) as lab:
         host = lab.ssh_host(lab.host(0))
         host.write_file(STANDIN_ON_HOST, STANDIN.read_bytes(), mode=0o755)
-        host.run(["update-grub"], timeout=300)  # grub.cfg as update-grub writes it
         yield lab
 
 
