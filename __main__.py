@@ -1,19 +1,11 @@
 """The vela program: reads and validates the stack config, then declares the cluster.
 
-Stack config is read here and nowhere else (`components.program` turns it into typed
-arguments). An invalid value fails `pulumi preview` with the key and the reason.
+Stack config is read in `components.program` and nowhere else. An invalid value fails
+`pulumi preview` with the key and the reason. `components.runner` runs the same `main` inline
+through the Automation API where the Python language host is not installed.
 """
 
-import pulumi
-
 import providers  # noqa: F401  (installs the SDK workaround before any resource is built)
-from components.program import ConfigError, declare, read_config
+from components.program import main
 
-try:
-    cluster_args, provider_config = read_config(pulumi.Config("vela"))
-except ConfigError as error:
-    # RunError shows the message alone, without a Python traceback.
-    raise pulumi.RunError(str(error)) from None
-
-nodes = cluster_args.nodes
-cluster = declare(cluster_args, provider_config)
+cluster = main()

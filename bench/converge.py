@@ -1,7 +1,8 @@
 """Benchmark: converge time, and what the provider process's 4 threads cost a large cluster.
 
-Two parts, both through the engine stand-in (tests/support/engine.py) and real provider
-processes (`python -m pulumi.dynamic`, one per provider, as the CLI starts them):
+Two parts, both through the real Pulumi engine (the CLI scripts/setup builds, the program run
+inline: tests/support/cli.py) and its provider processes (`python -m pulumi.dynamic`, one per
+provider):
 
   queue  N long steps (each holds its provider call for --seconds, as a host reboot does) with
          providerShards 0, 2, 4...: one provider process runs 4 calls at once, so N steps take
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import runpy
 import sys
 import tempfile
 import time
@@ -27,10 +29,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.engine import Engine  # noqa: E402
+from tests.support.cli import CliStack  # noqa: E402
 from tests.support.ledger import read_journal  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+LEDGER_PROGRAM = ROOT / "tests" / "support" / "ledger_program" / "__main__.py"
+
+
+def _ledger_program() -> None:
+    runpy.run_path(str(LEDGER_PROGRAM))
 
 
 def queue(steps: int, seconds: float, shard_counts: list[int]) -> None:
@@ -42,13 +49,11 @@ def queue(steps: int, seconds: float, shard_counts: list[int]) -> None:
             ledger.mkdir()
             entries = [{"name": f"node{i}", "value": "1", "seconds": seconds}
                        for i in range(steps)]
-            engine = Engine(stack="bench", secret_keys=[], state_dir=Path(scratch) / "state",
-                            program=ROOT / "tests" / "support" / "ledger_program" / "__main__.py",
-                            config={"vela:entries": json.dumps(entries),
-                                    "vela:ledgerDir": str(ledger), "vela:shards": str(shards)})
-            result = engine.up()
-            if not result.ok:
-                raise SystemExit(f"up failed: {result.errors}")
+            stack = CliStack(Path(scratch), "bench", program=_ledger_program,
+                             packages=["providers", "tests"])
+            stack.configure({"vela:entries": json.dumps(entries),
+                             "vela:ledgerDir": str(ledger), "vela:shards": str(shards)})
+            result = stack.up()
             journal = read_journal(ledger)
             processes = len({entry["pid"] for entry in journal})
             lanes = 4 * max(shards, 1)
@@ -66,7 +71,7 @@ def _most_at_once(journal: list[dict]) -> int:
 
 def lab(host_counts: list[int]) -> None:
     from lab.hosts import Lab
-    from tests.lab.test_cluster_engine_lab import dev_stack_config
+    from tests.lab.test_cluster_cli_lab import dev_stack_config
 
     with tempfile.TemporaryDirectory() as scratch:
         bench_lab = Lab(Path(scratch) / "lab")
@@ -78,16 +83,13 @@ def lab(host_counts: list[int]) -> None:
             for count in host_counts:
                 config = dev_stack_config(bench_lab, count)
                 config["vela:maxRebootingNodes"] = str(count)
-                engine = Engine(stack="dev", config=config, secret_keys=["vela:sshPrivateKey"],
-                                state_dir=Path(scratch) / f"state-{count}")
-                up = engine.up()
-                if not up.ok:
-                    raise SystemExit(f"up failed: {up.errors}")
-                slowest = max(up.steps, key=lambda step: step.finished - step.started)
-                destroy = engine.destroy()
-                if not destroy.ok:
-                    raise SystemExit(f"destroy failed: {destroy.errors}")
-                label = f"{slowest.name} {slowest.finished - slowest.started:.0f} s"
+                stack = CliStack(Path(scratch) / f"stack-{count}", "dev")
+                stack.configure(config, secret_keys=("vela:sshPrivateKey",))
+                up = stack.up()
+                seconds, name = max((step.seconds, name) for name, steps in up.steps.items()
+                                    for step in steps)
+                destroy = stack.destroy()
+                label = f"{name} {seconds:.0f} s"
                 print(f"{count:>5} {up.seconds:>7.0f} {label:>24} {destroy.seconds:>10.0f}",
                       flush=True)
         finally:

@@ -33,6 +33,16 @@ class ConfigError(ValueError):
     """Stack config is invalid; the message names the key and says what to fix."""
 
 
+def main() -> VelaCluster:
+    """The program, as `__main__.py` and the inline runner (`components.runner`) run it."""
+    try:
+        cluster_args, provider_config = read_config(pulumi.Config("vela"))
+    except ConfigError as error:
+        # RunError shows the message alone, without a Python traceback.
+        raise pulumi.RunError(str(error)) from None
+    return declare(cluster_args, provider_config)
+
+
 def read_config(config: pulumi.Config) -> tuple[ClusterArgs, dict[str, Any]]:
     """Validated cluster arguments, and the provider configuration (secret outputs)."""
     try:
@@ -128,8 +138,8 @@ def _collector_paused() -> Iterator[None]:
     quarter, so with the collector on, GC took more than half of running the program for 1,000
     nodes and its share grew with the cluster (13 s at 1,000 nodes, 33 s at 2,000). Frozen
     objects are still freed by reference counting; only cycles among them stay until the
-    process exits (a few dozen objects per node), and the language host's process exits after
-    the deployment. A failed declaration turns the collector back on and freezes nothing.
+    process exits (a few dozen objects per node): the language host's process exits after the
+    deployment, and the inline runner's after its one or two runs. A failed declaration turns the collector back on and freezes nothing.
     """
     enabled = gc.isenabled()
     gc.disable()

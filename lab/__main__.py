@@ -66,7 +66,7 @@ def _dispatch(lab: Lab, args: argparse.Namespace) -> int:
     elif args.command == "power-cycle":
         lab.power_cycle(args.index)
     elif args.command == "image":
-        print(ensure_image().directory)
+        print(f"lab image: ready at {ensure_image().directory}")
     return 0
 
 

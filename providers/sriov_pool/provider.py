@@ -42,7 +42,11 @@ from .plan import (
 from .spec import SriovPoolArgs
 
 ROUNDS = 3
-REPLACE_ON = {"address", "port", "pf"}  # another machine or another port: a new pool
+# Another machine or another port is a new pool, and so is another VF count: the kernel
+# refuses to change a live count (drivers/pci/iov.c, sriov_numvfs_store: -EBUSY "VFs already
+# enabled. Disable before enabling"), so a new count destroys every VF first. As a replacement
+# the engine deletes the guests holding the old VFs before the pool, and says so in the plan.
+REPLACE_ON = {"address", "port", "pf", "numVfs"}
 OUTPUT_KEYS = ["pfDevice", "vfs", "networkName", "changes", "originals", "inSync", "drift"]
 
 

@@ -1,101 +1,72 @@
-"""The real Pulumi CLI, through the Automation API: preview, up, refresh, destroy.
+"""The real Pulumi engine (the CLI that scripts/setup builds), running the vela program inline
+through the Automation API: what the engine decides (create, same, update, replace, delete and
+their order), what it keeps in state, and what it refuses.
 
-Runs wherever `pulumi` is on PATH and is reported as skipped elsewhere (the CLI cannot be
-installed on every machine; everything below it is proven by the other tests). The project is
-copied to a temporary directory so the test never writes stack files into the checkout.
+Never skipped: without the CLI these tests fail and say to run scripts/setup. The lab test is
+in tests/lab/test_cluster_cli_lab.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 
 import pytest
+from pulumi import automation as auto
 
-from tests.support.provider_harness import PROJECT_ROOT
+from tests.support.cli import CliStack, config_strings
 
-pytestmark = pytest.mark.skipif(shutil.which("pulumi") is None,
-                                reason="the Pulumi CLI is not on PATH (see README)")
+EMPTY = {"vela:nodes": [], "vela:shape": {"vmsPerNode": 0}}  # a valid cluster of no nodes
 
 
 @pytest.fixture
-def project(tmp_path):
-    work = tmp_path / "project"
-    work.mkdir()
-    for name in ["Pulumi.yaml", "__main__.py", "requirements.txt"]:
-        shutil.copy(PROJECT_ROOT / name, work / name)
-    for package in ["providers", "components"]:
-        shutil.copytree(PROJECT_ROOT / package, work / package,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    (work / ".venv").symlink_to(PROJECT_ROOT / ".venv")
-    return work
+def stack(tmp_path):
+    cli_stack = CliStack(tmp_path, "ci")
+    yield cli_stack
+    cli_stack.destroy()
+    cli_stack.remove()
 
 
-def _stack(project, tmp_path, name: str):
-    from pulumi import automation as auto
+def test_an_empty_cluster_previews_deploys_refreshes_and_destroys(stack):
+    stack.configure(config_strings(EMPTY))
+    preview = stack.preview()
+    assert preview.ops() == {}  # no node, so no vela resource; the component alone
+    assert preview.changes.get("create", 0) >= 1
 
-    env = {"PULUMI_BACKEND_URL": f"file://{tmp_path / 'state'}",
-           "PULUMI_CONFIG_PASSPHRASE": "vela-test-passphrase"}
-    (tmp_path / "state").mkdir(exist_ok=True)
-    return auto.create_or_select_stack(
-        stack_name=name, work_dir=str(project),
-        opts=auto.LocalWorkspaceOptions(env_vars={**os.environ, **env}))
+    result = stack.up()
+    assert result.outputs["summary"]["nodes"] == 0
+    assert result.outputs["vmAddresses"] == {}
+    assert stack.up().changes == {"same": result.changes["create"]}
+
+    refresh = stack.refresh()
+    assert set(refresh.changes) <= {"same"}
+    assert stack.destroy().changes.get("delete", 0) == result.changes["create"]
+    assert stack.resources() == []
 
 
-def test_preview_up_refresh_destroy_without_nodes(project, tmp_path):
-    from pulumi import automation as auto
-
-    stack = _stack(project, tmp_path, "ci")
-    try:
-        stack.set_config("vela:nodes", auto.ConfigValue(value=json.dumps([])))
-        stack.set_config("vela:shape", auto.ConfigValue(value=json.dumps({"vmsPerNode": 0})))
+@pytest.mark.parametrize(("key", "value", "words"), [
+    ("vela:nodes", [{"name": "n", "address": "10.0.0.1;reboot", "hostKey": "x"}],
+     r"vela:nodes\[0\] is invalid: address"),
+    ("vela:maxRebootingNodes", "two", r"vela:maxRebootingNodes must be a whole number"),
+])
+def test_a_bad_config_value_fails_preview_naming_the_key(stack, key, value, words):
+    stack.configure(config_strings({**EMPTY, key: value}))
+    with pytest.raises(auto.errors.CommandError, match=words) as failure:
         stack.preview()
-        result = stack.up()
-        assert result.outputs["summary"].value["nodes"] == 0
-        stack.refresh()
-        stack.set_config("vela:nodes", auto.ConfigValue(value=json.dumps(
-            [{"name": "n", "address": "10.0.0.1;reboot", "hostKey": "x"}])))
-        with pytest.raises(auto.errors.CommandError, match=r"vela:nodes\[0\] is invalid"):
-            stack.preview()
-    finally:
-        stack.destroy()
-        stack.workspace.remove_stack("ci")
+    assert "Traceback" not in str(failure.value)
+    assert stack.resources() == []
 
 
-@pytest.mark.slow
-def test_the_dev_stack_on_a_lab_host(project, tmp_path):
-    """The dev stack's settings on one lab host, with the key as secret config and two provider
-    shards: up, up again (no changes), refresh, no secret in the state, destroy."""
-    import yaml
-    from pulumi import automation as auto
-
-    from lab.hosts import Lab
-
-    lab = Lab(tmp_path / "lab")
-    lab.up(1)
-    stack = _stack(project, tmp_path, "lab")
-    try:
-        document = yaml.safe_load((PROJECT_ROOT / "Pulumi.dev.yaml").read_text())["config"]
-        for key, value in document.items():
-            if key != "vela:labHosts":
-                stack.set_config(key, auto.ConfigValue(
-                    value=value if isinstance(value, str) else json.dumps(value)))
-        stack.set_config("vela:inventoryFile", auto.ConfigValue(value=str(lab.directory / "inventory.json")))
-        stack.set_config("vela:providerShards", auto.ConfigValue(value="2"))
-        private_key = lab.key_path.read_text()
-        stack.set_config("vela:sshPrivateKey", auto.ConfigValue(value=private_key, secret=True))
-        stack.preview()
-        result = stack.up()
-        addresses = result.outputs["vmAddresses"].value
-        assert addresses["lab-0-vm0"] and "slots=1" in result.outputs["hostfile"].value
-        again = stack.up()
-        assert again.summary.resource_changes.get("update", 0) == 0
-        stack.refresh()
-        state = json.dumps(stack.export_stack().deployment)
-        body = "".join(private_key.strip().splitlines()[1:-1])
-        assert body[:40] not in state and "PRIVATE KEY" not in state
-    finally:
-        stack.destroy()
-        stack.workspace.remove_stack("lab")
-        lab.down()
+def test_the_ssh_key_reaches_the_state_only_encrypted(stack):
+    """A secret config value, with provider shards: each explicit provider holds the key as an
+    input; the state must keep it encrypted, as the CLI's passphrase secrets manager does."""
+    key = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAAvelatestkeybody0123456789\n" \
+          "-----END OPENSSH PRIVATE KEY-----\n"
+    stack.configure(config_strings({**EMPTY, "vela:providerShards": "2",
+                                    "vela:sshPrivateKey": key}),
+                    secret_keys=("vela:sshPrivateKey",))
+    stack.up()
+    state = stack.state_text()
+    assert "AAAAvelatestkeybody" not in state and "PRIVATE KEY" not in state
+    providers = [r for r in stack.resources() if r["type"] == "pulumi:providers:pulumi-python"]
+    assert len(providers) == 2
+    assert all(json.dumps(r["inputs"]).count("ciphertext") for r in providers)

@@ -51,7 +51,9 @@ def test_diff(server):
     inputs = with_provider(SriovPoolProvider(), GOOD)
     outputs = {**inputs, "inSync": True, "vfs": []}
     assert server.diff("pool", "x", outputs, inputs).changes is False
-    assert server.diff("pool", "x", outputs, {**inputs, "numVfs": 4}).replaces == []
+    recount = server.diff("pool", "x", outputs, {**inputs, "numVfs": 4})
+    assert recount.replaces == ["numVfs"] and recount.delete_before_replace
+    assert server.diff("pool", "x", outputs, {**inputs, "pfMtu": 9000}).replaces == []
     moved = server.diff("pool", "x", outputs, {**inputs, "pf": "ens1f1np1"})
     assert moved.replaces == ["pf"] and moved.delete_before_replace
     assert server.diff("pool", "x", {**outputs, "inSync": False}, inputs).changes

@@ -1,7 +1,9 @@
-"""The whole program on the lab, through the engine stand-in: the dev stack's config with 2 nodes
-(up, then up again), scaled to 3 (preview, then up), to 1, then destroyed. At each step the hosts
-are checked for what exists: the tuned command line and boot unit, the VF pool, the defined
-guest; a host outside the cluster, or removed from it, is exactly as it was before.
+"""The whole program on the lab, through the real Pulumi engine (the CLI scripts/setup builds,
+running the program inline): the dev stack's config with 2 nodes (preview, up, up again), scaled
+to 3 (preview, then up), to 1, a VF count change that replaces the remaining node's pool while
+its guest exists, refresh, destroy. At each step the hosts are checked for what exists (the
+tuned command line and boot unit, the VF pool, the defined guest), a host outside the cluster or
+removed from it is exactly as it was before, and the state on disk holds no line of the SSH key.
 
 The third host boots when the cluster grows to it. Three TCG hosts share CI's 2 cores, so the
 guests are defined but not started (`start: false`) and use no huge pages: booting nested
@@ -13,13 +15,12 @@ vfio-pci on the command line), rolling one node at a time as the dev stack says
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import yaml
 
 from tests.lab.conftest import booted_lab, host_snapshot
-from tests.support.engine import Engine
+from tests.support.cli import CliStack, config_strings
 from tests.support.provider_harness import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
@@ -56,7 +57,7 @@ def add_host(lab, index: int):
     return host, host_snapshot(host)
 
 
-def dev_stack_config(lab, nodes: int) -> dict[str, str]:
+def dev_stack_config(lab, nodes: int, vfs: int = 1) -> dict[str, str]:
     """Pulumi.dev.yaml, pointed at the first `nodes` lab hosts, as `pulumi config set` would."""
     document = yaml.safe_load((PROJECT_ROOT / "Pulumi.dev.yaml").read_text())["config"]
     for key in ("vela:labHosts", "vela:inventoryFile"):
@@ -65,13 +66,13 @@ def dev_stack_config(lab, nodes: int) -> dict[str, str]:
         {"name": host.name, "address": "127.0.0.1", "port": host.spec.ssh_port, "user": "root",
          "hostKey": host.host_key} for host in lab.hosts()[:nodes]]
     document["vela:shape"].pop("hugepages")
+    document["vela:shape"]["vfsPerPort"] = vfs
     document["vela:gpuVm"].update({"start": False, "hugepages": False})
     document["vela:sshPrivateKey"] = lab.key_path.read_text()
     # Two provider processes, as a large cluster would use: each is configured from its own
     # (secret) inputs, so the key must reach both and be encrypted in the state.
     document["vela:providerShards"] = 2
-    return {key: value if isinstance(value, str) else json.dumps(value)
-            for key, value in document.items()}
+    return config_strings(document)
 
 
 def resources(node: str) -> list[str]:
@@ -87,93 +88,107 @@ def deployed(host) -> dict[str, list[str]]:
     return facts
 
 
-def assert_deployed(host, node: str) -> str:
+def assert_deployed(host, node: str, vfs: int = 1) -> str:
     """The node as the dev stack wants it; returns its boot id."""
     facts = deployed(host)
     cmdline = facts["cmdline"][0].split()
     assert {"intel_iommu=on", "iommu=pt", "vfio-pci.ids=1af4:1110"} <= set(cmdline), cmdline
     assert facts["unit"] == ["enabled"]
-    assert facts["numvfs"] == ["1"]
-    vf, driver = facts["vf"][0].split()
-    assert driver == "vfio-pci"
+    assert facts["numvfs"] == [str(vfs)]
+    assert len(facts["vf"]) == vfs
     assert facts["domains"] == [f"{node}-vm0"]
     assert facts["state"] == [f"{node}-vm0 shut off"]
-    bus, slot, function = vf.split(":")[1], *vf.split(":")[2].split(".")
-    assert f"{node}-vm0 bus='0x{bus}' slot='0x{slot}' function='0x{function}'" in \
-        facts["hostdev"], facts["hostdev"]
+    for line in facts["vf"]:
+        vf, driver = line.split()
+        assert driver == "vfio-pci"
+        bus, slot, function = vf.split(":")[1], *vf.split(":")[2].split(".")
+        assert f"{node}-vm0 bus='0x{bus}' slot='0x{slot}' function='0x{function}'" in \
+            facts["hostdev"], facts["hostdev"]
     return facts["boot"][0]
 
 
-def assert_secret_free(engine: Engine, private_key: str) -> None:
-    text = engine.state_text()
+def assert_secret_free(stack: CliStack, private_key: str) -> None:
+    text = stack.state_text()
     body = [line for line in private_key.splitlines() if line and "PRIVATE KEY" not in line]
     assert "PRIVATE KEY" not in text
     assert not any(line in text for line in body), "a line of the SSH key is in the state"
 
 
-def custom_ops(result) -> dict[str, str]:
-    return {name: op for name, op in result.ops().items()
-            if name.startswith("lab-") and not name.endswith("dev")}
-
-
-def test_up_scale_out_scale_in_destroy(lab, tmp_path):
+def test_up_scale_out_scale_in_replace_refresh_destroy(lab, tmp_path):
     hosts, pristine = (list(pair) for pair in zip(*(add_host(lab, i) for i in range(2))))
     names = [f"lab-{index}" for index in range(3)]
     key = lab.key_path.read_text()
-    engine = Engine(stack="dev", config=dev_stack_config(lab, 2),
-                    secret_keys=["vela:sshPrivateKey"], state_dir=tmp_path / "state", log=print)
+    stack = CliStack(tmp_path, "dev")
+    stack.configure(dev_stack_config(lab, 2), secret_keys=("vela:sshPrivateKey",))
 
-    # -- up with 2 nodes, then again --------------------------------------------------------
-    result = engine.up()
-    assert result.ok, result.errors
-    assert custom_ops(result) == {name: "create" for n in names[:2] for name in resources(n)}
-    # Rolling: node 1's tuning started after node 0's whole stack was done.
-    assert result.step(f"{names[0]}-vm0").finished <= result.step(f"{names[1]}-host").started
+    # -- preview, up with 2 nodes, then up again ---------------------------------------------
+    preview = stack.preview()
+    assert preview.ops() == {name: "create" for n in names[:2] for name in resources(n)}
+    result = stack.up()
+    assert result.ops() == {name: "create" for n in names[:2] for name in resources(n)}
+    # Rolling: node 1's tuning began after node 0's whole stack was done.
+    assert result.before((f"{names[0]}-vm0", "create"), (f"{names[1]}-host", "create"))
     boots = [assert_deployed(hosts[i], names[i]) for i in range(2)]
     assert result.outputs["summary"]["nodes"] == 2
     assert sorted(result.outputs["vmAddresses"]) == [f"{n}-vm0" for n in names[:2]]
-    assert_secret_free(engine, key)
+    assert_secret_free(stack, key)
 
-    again = engine.up()
-    assert again.ok, again.errors
-    assert set(custom_ops(again).values()) == {"same"}
+    again = stack.up()
+    assert set(again.ops().values()) == {"same"}
+    assert set(again.changes) == {"same"}, again.changes  # nothing else either: no provider
+    assert_secret_free(stack, key)
 
     # -- scale to 3: only the new node's resources are created --------------------------------
     host, snapshot = add_host(lab, 2)
     hosts.append(host)
     pristine.append(snapshot)
-    engine.config = dev_stack_config(lab, 3)
-    preview = engine.preview()
-    assert preview.ok, preview.errors
-    assert {name for name, op in custom_ops(preview).items() if op != "same"} == \
-        set(resources(names[2]))
-    assert set(custom_ops(preview)[name] for name in resources(names[2])) == {"create"}
-    result = engine.up()
-    assert result.ok, result.errors
-    assert {name: op for name, op in custom_ops(result).items() if op != "same"} == \
-        {name: "create" for name in resources(names[2])}
+    stack.configure(dev_stack_config(lab, 3), secret_keys=("vela:sshPrivateKey",))
+    preview = stack.preview()
+    assert preview.ops(changed_only=True) == {name: "create" for name in resources(names[2])}
+    result = stack.up()
+    assert result.ops(changed_only=True) == {name: "create" for name in resources(names[2])}
     assert [assert_deployed(hosts[i], names[i]) for i in range(2)] == boots  # not rebooted
     assert_deployed(hosts[2], names[2])
-    assert_secret_free(engine, key)
+    assert_secret_free(stack, key)
 
     # -- scale to 1: the removed nodes' resources are deleted, guests first -------------------
-    engine.config = dev_stack_config(lab, 1)
-    result = engine.up()
-    assert result.ok, result.errors
-    assert {name: op for name, op in custom_ops(result).items() if op != "same"} == \
-        {name: "delete" for n in names[1:] for name in resources(n)}
+    stack.configure(dev_stack_config(lab, 1), secret_keys=("vela:sshPrivateKey",))
+    result = stack.up()
+    assert result.ops(changed_only=True) == {name: "delete" for n in names[1:]
+                                             for name in resources(n)}
     for node in names[1:]:
-        vm, pool, host = (result.step(name, "delete") for name in reversed(resources(node)))
-        assert vm.finished <= pool.started and pool.finished <= host.started
+        vm, pool, tuning = (name for name in reversed(resources(node)))
+        assert result.before((vm, "delete"), (pool, "delete"))
+        assert result.before((pool, "delete"), (tuning, "delete"))
     assert host_snapshot(hosts[1]) == pristine[1]
     assert host_snapshot(hosts[2]) == pristine[2]
     assert assert_deployed(hosts[0], names[0]) == boots[0]
-    assert {r.name for r in engine.state().values() if r.custom and "dynamic" in r.type} == \
-        set(resources(names[0]))
+    assert stack.vela_resources() == set(resources(names[0]))
+    assert_secret_free(stack, key)
+
+    # -- 2 VFs per port: the kernel cannot change a live VF count, so the pool is replaced;
+    # its guest holds a VF, so the engine replaces the guest around it (delete-before-replace
+    # replaces dependents first), and the host is untouched -------------------------------
+    stack.configure(dev_stack_config(lab, 1, vfs=2), secret_keys=("vela:sshPrivateKey",))
+    tuning, pool, vm = resources(names[0])
+    preview = stack.preview()
+    assert preview.ops(changed_only=True) == {pool: "replace", vm: "replace"}
+    result = stack.up()
+    assert result.ops(changed_only=True) == {pool: "replace", vm: "replace"}
+    assert result.before((vm, "delete-replaced"), (pool, "delete-replaced"))
+    assert result.before((pool, "create-replacement"), (vm, "create-replacement"))
+    assert assert_deployed(hosts[0], names[0], vfs=2) == boots[0]
+    assert_secret_free(stack, key)
+
+    # -- refresh: the hosts are as the state says ---------------------------------------------
+    refresh = stack.refresh()
+    assert set(refresh.changes) == {"same"}, refresh.changes
+    assert set(stack.up().changes) == {"same"}
 
     # -- destroy -----------------------------------------------------------------------------
-    result = engine.destroy()
-    assert result.ok, result.errors
-    assert custom_ops(result) == {name: "delete" for name in resources(names[0])}
+    result = stack.destroy()
+    assert result.ops() == {name: "delete" for name in resources(names[0])}
     assert [host_snapshot(host) for host in hosts] == pristine
-    assert engine.state() == {}
+    assert stack.resources() == []
+    assert_secret_free(stack, key)
+    stack.remove()

@@ -1,11 +1,11 @@
-"""Ledger: a small dynamic provider for testing the engine stand-in itself, not a product resource.
+"""Ledger: a small dynamic provider for testing the Pulumi engine's rules, not a product resource.
 
 Each resource is a JSON file `NAME.json` in a directory given by provider config
 (`vela:ledgerDir`); every call is appended to `journal` in that directory (start and end, with
 time and process id), so a test can see what the engine called, in which order, how many at once
 and from which provider process. `seconds` makes create, update and delete take that long, like a
-host that reboots. Changing `replaceKey` asks for a replacement; a `value` of "invalid" fails
-check; `fail` makes create raise.
+host that reboots. Changing `replaceKey` asks for a replacement (so does changing `value`, with
+`replaceOnValue`); a `value` of "invalid" fails check; `fail` makes create raise.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 
-INPUT_KEYS = ("name", "value", "replaceKey", "seconds", "token", "fail")
+INPUT_KEYS = ("name", "value", "replaceKey", "replaceOnValue", "seconds", "token", "fail")
 
 
 class LedgerProvider(ResourceProvider):
@@ -41,8 +41,9 @@ class LedgerProvider(ResourceProvider):
 
     def diff(self, id_: str, olds: dict, news: dict) -> DiffResult:
         changed = [key for key in INPUT_KEYS if olds.get(key) != news.get(key)]
+        replace_on = {"replaceKey", "value"} if news.get("replaceOnValue") else {"replaceKey"}
         return DiffResult(changes=bool(changed),
-                          replaces=["replaceKey"] if "replaceKey" in changed else [])
+                          replaces=[key for key in changed if key in replace_on])
 
     def create(self, props: dict) -> CreateResult:
         with self._call("create", props["name"]):

@@ -27,6 +27,10 @@ import providers  # noqa: F401  (the SDK workaround must be in place before seri
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PROVIDER_KEY = "__provider"
 UNKNOWN = rpc.UNKNOWN  # how the engine sends a value not known yet (preview)
+# The engine sets no deadline on provider calls: providers enforce their own (waitTimeout,
+# rebootTimeout, up to 7200 s). This one only stops a hung test, so it must exceed every
+# provider deadline a test sets (the GpuVm lab test gives its guest 1200 s to boot).
+CALL_DEADLINE = 7800.0
 
 
 class ProviderCallError(Exception):
@@ -135,7 +139,7 @@ class ProviderServer:
 
     def _call(self, method: str, request):
         try:
-            return getattr(self.stub, method)(request, timeout=600)
+            return getattr(self.stub, method)(request, timeout=CALL_DEADLINE)
         except grpc.RpcError as exc:
             raise ProviderCallError(method, exc.details() or str(exc)) from None
 

@@ -156,7 +156,7 @@ def test_inventory_file_from_the_lab(tmp_path):
     config = base_config([], **{"vela:inventoryFile": str(inventory)})
     config.pop("vela:nodes")
     run = run_program(config)
-    assert [(n.name, n.port) for n in run.namespace["nodes"]] == [("lab-0", 40022)]
+    assert [(n.name, n.port) for n in run.namespace["cluster"].args.nodes] == [("lab-0", 40022)]
     config["vela:inventoryFile"] = str(tmp_path / "missing.json")
     with pytest.raises(pulumi.RunError, match="scripts/lab up"):
         run_program(config)

@@ -1,7 +1,8 @@
-"""A program for testing the engine stand-in: Ledger resources from stack config.
+"""A program for testing the engine's rules: Ledger resources from stack config.
 
-`vela:entries`: a list of {name, value, replaceKey?, seconds?, fail?, dependsOn?: [names],
-deleteBeforeReplace?: bool}; `vela:token` (secret) goes into every entry's `token` input;
+`vela:entries`: a list of {name, value, replaceKey?, replaceOnValue?, seconds?, fail?,
+dependsOn?: [names], valueFrom?: name (its value is that entry's output: a property
+dependency), deleteBeforeReplace?: bool}; `vela:token` (secret) goes into every entry's `token` input;
 `vela:shards`: how many explicit provider instances to spread the entries over (0: default).
 """
 
@@ -18,8 +19,10 @@ shards = [pulumi.ProviderResource("pulumi-python", f"shard{index}",
           for index in range(int(config.get("shards") or 0))]
 declared: dict[str, Ledger] = {}
 for index, entry in enumerate(entries):
-    props = {key: entry[key] for key in ("name", "value", "replaceKey", "seconds", "fail")
-             if key in entry}
+    props = {key: entry[key] for key in ("name", "value", "replaceKey", "replaceOnValue",
+                                         "seconds", "fail") if key in entry}
+    if "valueFrom" in entry:
+        props["value"] = declared[entry["valueFrom"]].value
     if token is not None:
         props["token"] = token
     declared[entry["name"]] = Ledger(entry["name"], props, pulumi.ResourceOptions(
