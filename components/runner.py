@@ -7,7 +7,7 @@ this process, which runs `components.program.main`, the same function `__main__.
 engine, the state, the providers (`pulumi-resource-pulumi-python`) and the stack files
 (`Pulumi.<stack>.yaml`) are the same as with `pulumi up`.
 
-    .venv/bin/python -m components.runner up --stack dev [--yes] [--diff] [--refresh]
+    .venv/bin/python -m components.runner up --stack dev [--yes] [--diff] [--refresh] [-p N]
     .venv/bin/python -m components.runner preview|refresh|destroy --stack dev
 
 `scripts/up` uses this wherever the language host is missing. State goes to
@@ -72,6 +72,10 @@ def select_stack(name: str, work_dir: Path = PROJECT_ROOT, *,
                                         pulumi_command=pulumi_command(env)))
 
 
+def _print_error(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def _confirm(question: str) -> bool:
     if not sys.stdin.isatty():
         print("runner: not a terminal, so nothing was changed; pass --yes to apply",
@@ -80,11 +84,12 @@ def _confirm(question: str) -> bool:
     return input(f"{question} [y/N] ").strip().lower() in {"y", "yes"}
 
 
-def run(command: str, stack_name: str, *, yes: bool, diff: bool, refresh: bool) -> int:
+def run(command: str, stack_name: str, *, yes: bool, diff: bool, refresh: bool,
+        parallel: int | None) -> int:
     from pulumi import automation as auto
 
     stack = select_stack(stack_name)
-    show = {"on_output": print, "color": "auto"}
+    show = {"on_output": print, "on_error": _print_error, "color": "auto", "parallel": parallel}
     try:
         if command == "preview":
             stack.preview(diff=diff, refresh=refresh, **show)
@@ -118,9 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--yes", "-y", action="store_true", help="apply without asking")
     parser.add_argument("--diff", action="store_true", help="show the detailed diff")
     parser.add_argument("--refresh", action="store_true", help="refresh the state first")
+    parser.add_argument("--parallel", "-p", type=int, default=None,
+                        help="steps at once (the engine's default: 4 per CPU core here)")
     options = parser.parse_args(argv)
     return run(options.command, options.stack, yes=options.yes, diff=options.diff,
-               refresh=options.refresh)
+               refresh=options.refresh, parallel=options.parallel)
 
 
 if __name__ == "__main__":

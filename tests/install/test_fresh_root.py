@@ -14,6 +14,7 @@ tests/support/fresh_root.py), copies the project in as `git` would check it out,
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -46,13 +47,32 @@ def _cli_cache() -> str:
                           capture_output=True, text=True).stdout.strip()
 
 
-def test_setup_then_fast_tests_on_a_fresh_debian_root(tmp_path):
+@pytest.fixture
+def root(tmp_path):
+    """A new root, removed afterwards (several GB once set up); the logs stay in tmp_path. Its
+    mounts lived in the commands' own mount namespaces, so nothing of the host is under it."""
     root = unpack(tmp_path)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_setup_then_fast_tests_on_a_fresh_debian_root(root, tmp_path):
     assert not (root / "usr/bin/python3").exists()  # really nothing there
     _checkout(root)
     cache = _cli_cache()
     env = {"VELA_PULUMI_CACHE": cache}
     log = tmp_path / "setup.log"
+
+    # A failing step names its stage and command, and leaves no policy-rc.d behind. The stand-in
+    # apt-get fails as apt-get does on any error, e.g. an unreachable mirror: apt-get(8), "EXIT
+    # CODES: apt-get returns zero on normal operation, decimal 100 on error".
+    failing = chroot_run(root, f"""mkdir -p /tmp/stub && printf '#!/bin/sh\\nexit 100\\n' \\
+        > /tmp/stub/apt-get && chmod +x /tmp/stub/apt-get
+        cd {INSIDE} && PATH=/tmp/stub:$PATH scripts/setup""")
+    assert failing.returncode == 100, failing.stdout
+    assert 'setup: stage "apt" failed (exit 100) running: env DEBIAN_FRONTEND=noninteractive ' \
+           'apt-get update -q' in failing.stdout, failing.stdout
+    assert not (root / "usr/sbin/policy-rc.d").exists()
 
     started = time.monotonic()
     setup = chroot_run(root, f"cd {INSIDE} && scripts/setup", env=env, binds=[cache],
@@ -71,6 +91,12 @@ def test_setup_then_fast_tests_on_a_fresh_debian_root(tmp_path):
     assert again.returncode == 0, again.stdout
     assert "installing" not in again.stdout and "building" not in again.stdout
     print(f"setup in a fresh root: {first:.0f} s; again: {again.stdout.splitlines()[-1]}")
+
+    # Without Go and without a cached build, the CLI step says how to get the CLI.
+    no_go = chroot_run(root, f"cd {INSIDE} && VELA_PULUMI_CACHE=/tmp/empty scripts/pulumi-cli "
+                             "install")
+    assert no_go.returncode == 3, no_go.stdout
+    assert "Go is not installed" in no_go.stdout and "official Pulumi CLI" in no_go.stdout
 
     tests = chroot_run(root, f"cd {INSIDE} && scripts/test --fast -q -p no:cacheprovider",
                        env=env, binds=[cache], log_file=tmp_path / "test.log")

@@ -6,7 +6,7 @@ encrypted in state, 4 calls at a time per provider process, refresh and destroy.
 
 These are the facts the product's design stands on (VelaCluster's depends_on chain, GpuVm and
 SriovPool asking for delete-before-replace, the SSH key as secret config, provider shards). The
-lab test (tests/lab/test_cluster_cli_lab.py) shows them with the real resources.
+lab test (tests/integration/test_pulumi_cli.py) shows them with the real resources.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ class Stack:
                            secret_keys=("vela:token",))
         return self
 
-    def up(self) -> Run:
-        return self.cli.up()
+    def up(self, **options) -> Run:
+        return self.cli.up(**options)
 
     def names(self) -> set[str]:
         return self.cli.vela_resources()
@@ -162,21 +162,29 @@ def test_secrets_are_encrypted_in_state_and_derived_values_are_not(stack):
 
 
 def test_parallel_steps_wait_for_one_provider_process_or_spread_over_shards(stack):
-    entries = [{"name": f"slow{i}", "value": "1", "seconds": 1} for i in range(8)]
-    stack.set(entries).up()
-    assert _most_at_once(stack, "create") == 4  # one provider process: 4 calls at a time
+    """One dynamic provider process runs 4 calls at once; two run 8. The engine itself runs at
+    most `--parallel` steps at once (default 4 per CPU core of the machine running it: 8 here),
+    so the test raises it to see the providers' own limit."""
+    entries = [{"name": f"slow{i}", "value": "1", "seconds": 1} for i in range(12)]
+    stack.set(entries).up(parallel=32)
+    assert _most_at_once(stack, "create", 12) == 4  # one provider process: 4 calls at a time
     stack.cli.destroy()
 
-    stack.set([dict(e, value="2") for e in entries], **{"vela:shards": "2"}).up()
-    assert _most_at_once(stack, "create") == 8  # two processes: 8 at a time
+    stack.set([dict(e, value="2") for e in entries], **{"vela:shards": "3"}).up(parallel=32)
+    assert _most_at_once(stack, "create", 12) == 12  # three processes: 12 at a time
     creates = [e for e in read_journal(stack.ledger) if e["op"] == "create"]
-    assert len({e["pid"] for e in creates[-16:]}) == 2
+    assert len({e["pid"] for e in creates[-24:]}) == 3
+
+    stack.cli.destroy()
+    stack.set(entries, **{"vela:shards": "3"}).up(parallel=2)
+    assert _most_at_once(stack, "create", 12) == 2  # the engine's limit
 
 
-def _most_at_once(stack: Stack, op: str) -> int:
+def _most_at_once(stack: Stack, op: str, calls: int) -> int:
+    """The most `op` calls running at once among the last `calls` of them."""
     running, most = 0, 0
     journal = [e for e in read_journal(stack.ledger) if e["op"] == op]
-    for entry in journal[-16:]:
+    for entry in journal[-2 * calls:]:
         running += 1 if entry["event"] == "start" else -1
         most = max(most, running)
     return most

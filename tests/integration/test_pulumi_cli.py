@@ -1,9 +1,19 @@
 """The real Pulumi engine (the CLI that scripts/setup builds), running the vela program inline
 through the Automation API: what the engine decides (create, same, update, replace, delete and
-their order), what it keeps in state, and what it refuses.
+their order), what it keeps in state, and what it refuses. Never skipped: without the CLI these
+tests fail and say to run scripts/setup.
 
-Never skipped: without the CLI these tests fail and say to run scripts/setup. The lab test is
-in tests/lab/test_cluster_cli_lab.py.
+The lab test runs the dev stack's config with 2 nodes (preview, up, up again), scaled to 3
+(preview, then up), to 1, a VF count change that replaces the remaining node's pool while its
+guest exists, refresh, destroy. At each step the hosts are checked for what exists (the tuned
+command line and boot unit, the VF pool, the defined guest), a host outside the cluster or
+removed from it is exactly as it was before, and the state on disk holds no line of the SSH key.
+The third host boots when the cluster grows to it. Three TCG hosts share CI's 2 cores, so the
+guests are defined but not started (`start: false`) and use no huge pages: booting nested
+guests is proven by the GpuVm lab test. Host tuning still needs a reboot per node (IOMMU and
+vfio-pci on the command line), rolling one node at a time as the dev stack says
+(maxRebootingNodes 1). The nodes are spread over two provider processes (providerShards: 2), as
+a large cluster's would be.
 """
 
 from __future__ import annotations
@@ -11,9 +21,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from pulumi import automation as auto
 
+from tests.lab.conftest import booted_lab, host_snapshot
 from tests.support.cli import CliStack, config_strings
+from tests.support.provider_harness import PROJECT_ROOT
 
 EMPTY = {"vela:nodes": [], "vela:shape": {"vmsPerNode": 0}}  # a valid cluster of no nodes
 
@@ -70,3 +83,176 @@ def test_the_ssh_key_reaches_the_state_only_encrypted(stack):
     providers = [r for r in stack.resources() if r["type"] == "pulumi:providers:pulumi-python"]
     assert len(providers) == 2
     assert all(json.dumps(r["inputs"]).count("ciphertext") for r in providers)
+
+
+# -- the dev stack on the lab ------------------------------------------------------------------
+PF = "0000:45:00.0"  # the igb on its own root port: the dev stack's NIC port
+POOL = "pci-0000-45-00-0"
+DEPLOYED = r'''
+set -u
+echo "cmdline $(cat /proc/cmdline)"
+echo "unit $(systemctl is-enabled vela-host-tuning.service 2>/dev/null || :)"
+echo "numvfs $(cat /sys/bus/pci/devices/0000:45:00.0/sriov_numvfs)"
+for vf in /sys/bus/pci/devices/0000:45:00.0/virtfn*; do
+  driver=$(readlink "$vf/driver"); echo "vf $(readlink "$vf" | xargs basename) ${driver##*/}"
+done
+echo "domains $(virsh -q list --all --name | xargs)"
+for name in $(virsh -q list --all --name); do
+  echo "state $name $(virsh domstate "$name")"
+  virsh dumpxml "$name" | sed -n '/<source>/,/<\/source>/p' | grep -o "bus=.*function='0x[0-9a-f]'" \
+    | sed "s/^/hostdev $name /"
+done
+echo "boot $(cat /proc/sys/kernel/random/boot_id)"
+'''
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """Two lab hosts, and a third when the cluster grows to it."""
+    with booted_lab(tmp_path_factory, hosts=2) as lab:
+        yield lab
+
+
+def add_host(lab, index: int):
+    """Boot lab host `index` (a server racked later) and take its snapshot before vela."""
+    lab.up(index + 1)
+    host = lab.ssh_host(lab.host(index))
+    return host, host_snapshot(host)
+
+
+def dev_stack_config(lab, nodes: int, vfs: int = 1) -> dict[str, str]:
+    """Pulumi.dev.yaml, pointed at the first `nodes` lab hosts, as `pulumi config set` would."""
+    document = yaml.safe_load((PROJECT_ROOT / "Pulumi.dev.yaml").read_text())["config"]
+    for key in ("vela:labHosts", "vela:inventoryFile"):
+        document.pop(key)
+    document["vela:nodes"] = [
+        {"name": host.name, "address": "127.0.0.1", "port": host.spec.ssh_port, "user": "root",
+         "hostKey": host.host_key} for host in lab.hosts()[:nodes]]
+    document["vela:shape"].pop("hugepages")
+    document["vela:shape"]["vfsPerPort"] = vfs
+    document["vela:gpuVm"].update({"start": False, "hugepages": False})
+    document["vela:sshPrivateKey"] = lab.key_path.read_text()
+    # Two provider processes, as a large cluster would use: each is configured from its own
+    # (secret) inputs, so the key must reach both and be encrypted in the state.
+    document["vela:providerShards"] = 2
+    return config_strings(document)
+
+
+def resources(node: str) -> list[str]:
+    """The node's resources in dependency order."""
+    return [f"{node}-host", f"{node}-{POOL}", f"{node}-vm0"]
+
+
+def deployed(host) -> dict[str, list[str]]:
+    facts: dict[str, list[str]] = {}
+    for line in host.run_script(DEPLOYED, timeout=120).text.splitlines():
+        key, _, value = line.partition(" ")
+        facts.setdefault(key, []).append(value)
+    return facts
+
+
+def assert_deployed(host, node: str, vfs: int = 1) -> str:
+    """The node as the dev stack wants it; returns its boot id."""
+    facts = deployed(host)
+    cmdline = facts["cmdline"][0].split()
+    assert {"intel_iommu=on", "iommu=pt", "vfio-pci.ids=1af4:1110"} <= set(cmdline), cmdline
+    assert facts["unit"] == ["enabled"]
+    assert facts["numvfs"] == [str(vfs)]
+    assert len(facts["vf"]) == vfs
+    assert facts["domains"] == [f"{node}-vm0"]
+    assert facts["state"] == [f"{node}-vm0 shut off"]
+    for line in facts["vf"]:
+        vf, driver = line.split()
+        assert driver == "vfio-pci"
+        bus, slot, function = vf.split(":")[1], *vf.split(":")[2].split(".")
+        assert f"{node}-vm0 bus='0x{bus}' slot='0x{slot}' function='0x{function}'" in \
+            facts["hostdev"], facts["hostdev"]
+    return facts["boot"][0]
+
+
+def assert_secret_free(stack: CliStack, private_key: str) -> None:
+    text = stack.state_text()
+    body = [line for line in private_key.splitlines() if line and "PRIVATE KEY" not in line]
+    assert "PRIVATE KEY" not in text
+    assert not any(line in text for line in body), "a line of the SSH key is in the state"
+
+
+@pytest.mark.slow
+def test_the_dev_stack_on_the_lab(lab, tmp_path):
+    hosts, pristine = (list(pair) for pair in zip(*(add_host(lab, i) for i in range(2))))
+    names = [f"lab-{index}" for index in range(3)]
+    key = lab.key_path.read_text()
+    stack = CliStack(tmp_path, "dev")
+    stack.configure(dev_stack_config(lab, 2), secret_keys=("vela:sshPrivateKey",))
+
+    # -- preview, up with 2 nodes, then up again ---------------------------------------------
+    preview = stack.preview()
+    assert preview.ops() == {name: "create" for n in names[:2] for name in resources(n)}
+    result = stack.up()
+    assert result.ops() == {name: "create" for n in names[:2] for name in resources(n)}
+    # Rolling: node 1's tuning began after node 0's whole stack was done.
+    assert result.before((f"{names[0]}-vm0", "create"), (f"{names[1]}-host", "create"))
+    boots = [assert_deployed(hosts[i], names[i]) for i in range(2)]
+    assert result.outputs["summary"]["nodes"] == 2
+    assert sorted(result.outputs["vmAddresses"]) == [f"{n}-vm0" for n in names[:2]]
+    assert_secret_free(stack, key)
+
+    again = stack.up()
+    assert set(again.ops().values()) == {"same"}
+    assert set(again.changes) == {"same"}, again.changes  # nothing else either: no provider
+    assert_secret_free(stack, key)
+
+    # -- scale to 3: only the new node's resources are created --------------------------------
+    host, snapshot = add_host(lab, 2)
+    hosts.append(host)
+    pristine.append(snapshot)
+    stack.configure(dev_stack_config(lab, 3), secret_keys=("vela:sshPrivateKey",))
+    preview = stack.preview()
+    assert preview.ops(changed_only=True) == {name: "create" for name in resources(names[2])}
+    result = stack.up()
+    assert result.ops(changed_only=True) == {name: "create" for name in resources(names[2])}
+    assert [assert_deployed(hosts[i], names[i]) for i in range(2)] == boots  # not rebooted
+    assert_deployed(hosts[2], names[2])
+    assert_secret_free(stack, key)
+
+    # -- scale to 1: the removed nodes' resources are deleted, guests first -------------------
+    stack.configure(dev_stack_config(lab, 1), secret_keys=("vela:sshPrivateKey",))
+    result = stack.up()
+    assert result.ops(changed_only=True) == {name: "delete" for n in names[1:]
+                                             for name in resources(n)}
+    for node in names[1:]:
+        vm, pool, tuning = (name for name in reversed(resources(node)))
+        assert result.before((vm, "delete"), (pool, "delete"))
+        assert result.before((pool, "delete"), (tuning, "delete"))
+    assert host_snapshot(hosts[1]) == pristine[1]
+    assert host_snapshot(hosts[2]) == pristine[2]
+    assert assert_deployed(hosts[0], names[0]) == boots[0]
+    assert stack.vela_resources() == set(resources(names[0]))
+    assert_secret_free(stack, key)
+
+    # -- 2 VFs per port: the kernel cannot change a live VF count, so the pool is replaced;
+    # its guest holds a VF, so the engine replaces the guest around it (delete-before-replace
+    # replaces dependents first), and the host is untouched -------------------------------
+    stack.configure(dev_stack_config(lab, 1, vfs=2), secret_keys=("vela:sshPrivateKey",))
+    tuning, pool, vm = resources(names[0])
+    preview = stack.preview()
+    assert preview.ops(changed_only=True) == {pool: "replace", vm: "replace"}
+    result = stack.up()
+    assert result.ops(changed_only=True) == {pool: "replace", vm: "replace"}
+    assert result.before((vm, "delete-replaced"), (pool, "delete-replaced"))
+    assert result.before((pool, "create-replacement"), (vm, "create-replacement"))
+    assert assert_deployed(hosts[0], names[0], vfs=2) == boots[0]
+    assert_secret_free(stack, key)
+
+    # -- refresh: the hosts are as the state says ---------------------------------------------
+    refresh = stack.refresh()
+    assert set(refresh.changes) == {"same"}, refresh.changes
+    assert set(stack.up().changes) == {"same"}
+
+    # -- destroy -----------------------------------------------------------------------------
+    result = stack.destroy()
+    assert result.ops() == {name: "delete" for name in resources(names[0])}
+    assert [host_snapshot(host) for host in hosts] == pristine
+    assert stack.resources() == []
+    assert_secret_free(stack, key)
+    stack.remove()

@@ -1,4 +1,7 @@
-"""Lab tests boot their own emulated hosts: one module, one lab, torn down at the end."""
+"""Lab tests boot emulated hosts. The `lab` fixture is one host shared by every module that
+can start from whatever state the host is in (each takes its own snapshot before it starts and
+checks against it), booted when first needed and torn down at the end of the session; modules
+that need a host prepared their way, or several hosts, boot their own with `booted_lab`."""
 
 from __future__ import annotations
 
@@ -55,7 +58,7 @@ def booted_lab(tmp_path_factory, hosts: int = 1):
         lab.down()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def lab(tmp_path_factory):
     with booted_lab(tmp_path_factory) as lab:
         yield lab

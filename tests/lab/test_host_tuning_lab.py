@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.conftest import booted_lab, host_snapshot
+from tests.lab.conftest import host_snapshot
 from providers.facts import gather_facts
 from providers.host_tuning.provider import HostTuningProvider
 from tests.support.provider_harness import ProviderServer, with_provider
@@ -25,12 +25,13 @@ STANDIN = Path(__file__).resolve().parents[1] / "support" / "standins" / "mstcon
 STANDIN_ON_HOST = "/usr/local/sbin/mstconfig-standin"
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    with booted_lab(tmp_path_factory) as lab:
-        host = lab.ssh_host(lab.host(0))
-        host.write_file(STANDIN_ON_HOST, STANDIN.read_bytes(), mode=0o755)
-        yield lab
+@pytest.fixture(scope="module", autouse=True)
+def mstconfig_standin(lab):
+    """The firmware tool on the shared lab host for this module, removed afterwards."""
+    host = lab.ssh_host(lab.host(0))
+    host.write_file(STANDIN_ON_HOST, STANDIN.read_bytes(), mode=0o755)
+    yield
+    host.run(["rm", "-rf", STANDIN_ON_HOST, "/var/lib/mstconfig-standin"])
 
 
 def _sessions(host) -> int:

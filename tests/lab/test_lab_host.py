@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -85,30 +87,32 @@ def test_cli_status_ssh_and_inventory(lab):
 
 
 def test_main_job_starts_the_lab_it_targets(lab, tmp_path):
-    """scripts/up with a stand-in for the Pulumi CLI (the real one cannot be installed here):
-    it must start the lab the dev stack names, hand the lab's key over as a secret, then run
-    `pulumi up` on the dev stack."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    calls = tmp_path / "calls"
-    stand_in = bin_dir / "pulumi"
-    stand_in.write_text(f"""#!/bin/sh
-echo "$*" >> {calls}
-case "$*" in
-  "config get vela:labHosts --stack dev") echo 1 ;;
-  "config get vela:sshPrivateKey --stack dev") exit 1 ;;
-  "config set --secret vela:sshPrivateKey --stack dev") cat > {tmp_path / 'secret'} ;;
-esac
-""")
-    stand_in.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
-           "VELA_LAB_DIR": str(lab.directory), "PULUMI_BACKEND_URL": f"file://{tmp_path}",
-           "PULUMI_CONFIG_PASSPHRASE": "test"}
-    result = subprocess.run([os.path.join(PROJECT_ROOT, "scripts", "up"), "--yes"], env=env,
+    """scripts/up as a user runs it, with the real CLI, on a copy of the project whose dev stack
+    targets this test's lab (1 host, so no second host boots): it starts the lab (the running
+    host is kept), hands the lab's key to the stack as a secret, and previews the dev stack
+    through the real engine; with no terminal to confirm, nothing is changed."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ["Pulumi.yaml", "__main__.py", "requirements.txt"]:
+        shutil.copy(os.path.join(PROJECT_ROOT, name), project / name)
+    for package in ["scripts", "providers", "components", "lab"]:
+        shutil.copytree(os.path.join(PROJECT_ROOT, package), project / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    dev = open(os.path.join(PROJECT_ROOT, "Pulumi.dev.yaml")).read()
+    (project / "Pulumi.dev.yaml").write_text(dev.replace('vela:labHosts: "2"',
+                                                         'vela:labHosts: "1"'))
+    (project / ".venv").symlink_to(os.path.join(PROJECT_ROOT, ".venv"))
+    (project / ".lab").symlink_to(lab.directory)
+    env = {key: value for key, value in os.environ.items() if key != "VELA_LAB_DIR"}
+    env.update({"PULUMI_BACKEND_URL": f"file://{tmp_path / 'state'}",
+                "PULUMI_CONFIG_PASSPHRASE": "test", "PULUMI_HOME": str(tmp_path / "home")})
+    (tmp_path / "state").mkdir()
+    result = subprocess.run([str(project / "scripts" / "up")], env=env, stdin=subprocess.DEVNULL,
                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    lines = calls.read_text().splitlines()
-    assert lines[-1] == "up --stack dev --yes"
-    assert "config set --secret vela:sshPrivateKey --stack dev" in lines
-    assert (tmp_path / "secret").read_text() == lab.key_path.read_text()
-    assert "lab-0" in result.stdout  # the lab reported its host
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "not a terminal, so nothing was changed; pass --yes" in result.stderr
+    assert "lab-0" in result.stdout  # the lab reported its host, kept running
+    for name in ["lab-0-host", "lab-0-pci-0000-45-00-0", "lab-0-vm0"]:
+        assert re.search(rf"\+ .*{name}\s+create", result.stdout), result.stdout
+    assert "vela:sshPrivateKey:\n    secure: " in (project / "Pulumi.dev.yaml").read_text()
+    assert lab.key_path.read_text().splitlines()[1] not in (project / "Pulumi.dev.yaml").read_text()

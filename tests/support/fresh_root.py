@@ -29,6 +29,7 @@ from lab.image import cache_dir as lab_cache_dir
 RELEASE = "bookworm"
 HOST_CONFIG = ["/etc/resolv.conf", "/etc/pip.conf"]
 CA_DIR = Path("/usr/local/share/ca-certificates")
+HOST_ONLY_PIP = {"PIP_FIND_LINKS"}  # names a wheel folder of this machine, not in the root
 
 
 def _sources() -> str:
@@ -82,7 +83,7 @@ def chroot_run(root: Path, script: str, *, env: dict[str, str] | None = None,
     environment = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                    "HOME": "/root", "LANG": "C.UTF-8", "TERM": "dumb",
                    **{key: value for key, value in os.environ.items()
-                      if key.startswith("PIP_")}, **(env or {})}
+                      if key.startswith("PIP_") and key not in HOST_ONLY_PIP}, **(env or {})}
     mounts = [f"mount -t proc proc {_q(root / 'proc')}",
               f"mount --rbind /sys {_q(root / 'sys')}",
               f"mount --rbind /dev {_q(root / 'dev')}"]
