@@ -27,8 +27,10 @@ from pulumi import automation as auto
 from tests.lab.conftest import booted_lab, host_snapshot
 from tests.support.cli import CliStack, config_strings
 from tests.support.provider_harness import PROJECT_ROOT
+from tests.support.sshd import free_port, keygen
 
 EMPTY = {"vela:nodes": [], "vela:shape": {"vmsPerNode": 0}}  # a valid cluster of no nodes
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 
 
 @pytest.fixture
@@ -83,6 +85,23 @@ def test_the_ssh_key_reaches_the_state_only_encrypted(stack):
     providers = [r for r in stack.resources() if r["type"] == "pulumi:providers:pulumi-python"]
     assert len(providers) == 2
     assert all(json.dumps(r["inputs"]).count("ciphertext") for r in providers)
+
+
+def test_a_host_error_reaches_the_user_as_its_message(stack, tmp_path):
+    """Through the real engine: a node whose SSH port is closed fails its HostTuning with vela's
+    message (host, what failed), not a Python traceback; nothing lands in the state."""
+    keygen(tmp_path / "client")
+    node = {"name": "n0", "address": "127.0.0.1", "port": free_port(), "hostKey": HOST_KEY}
+    stack.configure(config_strings({"vela:nodes": [node], "vela:shape": {"vmsPerNode": 0,
+                                                                         "nicPorts": []},
+                                    "vela:sshPrivateKey": (tmp_path / "client").read_text()}),
+                    secret_keys=("vela:sshPrivateKey",))
+    with pytest.raises(auto.errors.CommandError) as failure:
+        stack.up()
+    text = str(failure.value)
+    assert f"127.0.0.1:{node['port']}" in text and "refused" in text, text
+    assert "Traceback" not in text and 'File "' not in text, text
+    assert "n0-host" not in stack.vela_resources()
 
 
 # -- the dev stack on the lab ------------------------------------------------------------------

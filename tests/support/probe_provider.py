@@ -20,6 +20,7 @@ from pulumi.dynamic import (
 from pulumi.output import Unknown
 from pydantic import ValidationError
 
+from providers.errors import InvalidValue
 from providers.facts import gather_facts
 from providers.host import SecretKey
 from providers.host.target import SshTarget
@@ -80,8 +81,8 @@ class HostProbe(ResourceProvider):
 
     def _observe(self, inputs: ProbeInputs) -> dict:
         if not getattr(self, "private_key", None):
-            raise ValueError("no SSH key: set it with `pulumi config set --secret "
-                             "sshPrivateKey < ~/.ssh/id_ed25519`")
+            raise InvalidValue("no SSH key: set it with `pulumi config set --secret "
+                               "sshPrivateKey < ~/.ssh/id_ed25519`")
         host = inputs.connect(SecretKey(self.private_key), sysroot=inputs.sysroot)
         facts = gather_facts(host, timeout=self.limits["gather_timeout"])
         gpus = sorted(address for address, device in facts.pci.items()

@@ -39,8 +39,11 @@ class ProviderCallError(Exception):
     def __init__(self, call: str, details: str) -> None:
         self.call = call
         self.details = details
+        # A traceback (an unexpected exception) ends with "Type: message"; a vela error arrives
+        # as its message alone (providers/sdk_compat.py).
         lines = [line for line in details.strip().splitlines() if line.strip()]
-        self.message = lines[-1] if lines else details
+        self.traceback = details.startswith("Traceback (most recent call last)")
+        self.message = (lines[-1] if lines else details) if self.traceback else details.strip()
         super().__init__(f"{call} failed: {self.message}")
 
 
