@@ -139,7 +139,8 @@ def _collector_paused() -> Iterator[None]:
     nodes and its share grew with the cluster (13 s at 1,000 nodes, 33 s at 2,000). Frozen
     objects are still freed by reference counting; only cycles among them stay until the
     process exits (a few dozen objects per node): the language host's process exits after the
-    deployment, and the inline runner's after its one or two runs. A failed declaration turns the collector back on and freezes nothing.
+    deployment, and the inline runner's after its one or two runs. A failed declaration turns
+    the collector back on and freezes nothing.
     """
     enabled = gc.isenabled()
     gc.disable()

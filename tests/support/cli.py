@@ -10,6 +10,7 @@ test can scan exactly what a user's state would hold.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -136,7 +137,7 @@ class CliStack:
                "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE,
                "PULUMI_HOME": str(directory / "pulumi-home")}
         self.stack = select_stack(name, self.work_dir, program=program,
-                                  env=cli_environment() | env)
+                                  env={**os.environ, **env})
 
     def configure(self, config: dict[str, str], secret_keys: tuple[str, ...] = ()) -> None:
         """Set the stack's config to exactly `config` (string values, as `pulumi config set`)."""
@@ -150,37 +151,33 @@ class CliStack:
                                                          secret=key in secret_keys)
                                    for key, value in config.items()})
 
-    def preview(self) -> Run:
-        recorder = Recorder()
-        started = time.monotonic()
-        result = self.stack.preview(on_event=recorder)
-        recorder.run.seconds = time.monotonic() - started
-        recorder.run.changes = {getattr(k, "value", k): v
-                                for k, v in result.change_summary.items()}
-        return recorder.run
+    def preview(self, **options) -> Run:
+        return self._run(self.stack.preview, **options)
 
     def up(self, **options) -> Run:
+        return self._run(self.stack.up, **options)
+
+    def refresh(self, **options) -> Run:
+        return self._run(self.stack.refresh, **options)
+
+    def destroy(self, **options) -> Run:
+        return self._run(self.stack.destroy, **options)
+
+    @staticmethod
+    def _run(command, **options) -> Run:
+        """One engine command with its events recorded, timed, with its outputs (up) and the
+        engine's change summary (preview reports it as `change_summary`)."""
         recorder = Recorder()
         started = time.monotonic()
-        result = self.stack.up(on_event=recorder, **options)
-        recorder.run.seconds = time.monotonic() - started
-        recorder.run.outputs = {key: value.value for key, value in result.outputs.items()}
-        recorder.run.changes = dict(result.summary.resource_changes or {})
-        return recorder.run
-
-    def refresh(self) -> Run:
-        recorder = Recorder()
-        result = self.stack.refresh(on_event=recorder)
-        recorder.run.changes = dict(result.summary.resource_changes or {})
-        return recorder.run
-
-    def destroy(self) -> Run:
-        recorder = Recorder()
-        started = time.monotonic()
-        result = self.stack.destroy(on_event=recorder)
-        recorder.run.seconds = time.monotonic() - started
-        recorder.run.changes = dict(result.summary.resource_changes or {})
-        return recorder.run
+        result = command(on_event=recorder, **options)
+        run = recorder.run
+        run.seconds = time.monotonic() - started
+        if hasattr(result, "change_summary"):
+            run.changes = {getattr(k, "value", k): v for k, v in result.change_summary.items()}
+        else:
+            run.changes = dict(result.summary.resource_changes or {})
+        run.outputs = {key: value.value for key, value in getattr(result, "outputs", {}).items()}
+        return run
 
     def resources(self) -> list[dict[str, Any]]:
         """The resources in the stack's checkpoint file, as stored (secrets encrypted)."""

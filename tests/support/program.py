@@ -9,7 +9,6 @@ resource's list outputs are empty until the providers run.
 from __future__ import annotations
 
 import gc
-import json
 import runpy
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,7 @@ from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.stack import wait_for_rpcs
 from pulumi.runtime.sync_await import _sync_await
 
+from tests.support.cli import config_strings
 from tests.support.provider_harness import PROJECT_ROOT
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -102,8 +102,7 @@ def base_config(nodes: list[dict[str, Any]], **extra: Any) -> dict[str, str]:
         "vela:image": {"path": "/var/lib/vela/images/ubuntu-22.04.qcow2"},
         "vela:sshPrivateKey": "-----BEGIN OPENSSH PRIVATE KEY-----\nsecret\n",
         **extra}
-    return {key: value if isinstance(value, str) else json.dumps(value)
-            for key, value in config.items()}
+    return config_strings(config)
 
 
 def run_program(config: dict[str, str], *, stack: str = "dev",

@@ -2,7 +2,8 @@
 
 `vela:entries`: a list of {name, value, replaceKey?, replaceOnValue?, seconds?, fail?,
 dependsOn?: [names], valueFrom?: name (its value is that entry's output: a property
-dependency), deleteBeforeReplace?: bool}; `vela:token` (secret) goes into every entry's `token` input;
+dependency), deleteBeforeReplace?: bool}; `vela:token` (secret) goes into every entry's
+`token` input;
 `vela:shards`: how many explicit provider instances to spread the entries over (0: default).
 """
 
