@@ -83,3 +83,17 @@ def _shorten(command: str, limit: int = 300) -> str:
     if len(one_line) > limit:
         one_line = one_line[: limit // 2] + " ... " + one_line[-limit // 2:]
     return f"`{one_line}`"
+
+
+# -- the resources' own errors: what a resource could not do as asked ---------------------------
+
+class HostTuningError(VelaError):
+    """HostTuning could not do what was asked; the message says what and what to do."""
+
+
+class SriovPoolError(VelaError):
+    """The pool cannot be set up as asked; the message says why and what to do."""
+
+
+class GpuVmError(VelaError):
+    """The guest cannot be made as asked; the message says why and what to do."""

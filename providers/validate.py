@@ -3,8 +3,8 @@
 Each validator returns the value in its canonical form or raises `InvalidValue` with a message
 that names the value, says what is wrong and what a valid one looks like. The same functions back
 the pydantic field types (`PciAddressStr`, ...) so that inputs are checked before anything is
-touched. Quoting (`shlex.quote`, in `providers.host.base`) is the second line of defence; these
-patterns are the first.
+touched. Quoting (`providers.common.shell.quote`, the one quoting function) is the second line
+of defence; these patterns are the first.
 """
 
 from __future__ import annotations

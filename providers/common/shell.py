@@ -1,10 +1,11 @@
-"""The shell side of vela: one small library of host actions, and calls to it.
+"""The shell side of vela: one small library of host actions, and the only way to call it.
 
-Apply scripts and the boot-time script are this library plus a list of calls, rendered by pure
-functions with every argument quoted. Each call is one idempotent action that reports what it
-was doing if it fails. `R` is the sysroot ("" on a real host); commands that act on the running
-system rather than on files (modprobe, systemctl, bootloader tools, sysctl reload, firmware
-tools) run only on a real root.
+Apply scripts, boot-time scripts and observation sections are this library plus calls rendered
+by the pure functions below; every value in them passes through `quote`, the one quoting
+function (as pytest-testinfra does), and the sysroot is set in one place (`script`). Each call
+is one idempotent action that reports what it was doing if it fails. `R` is the sysroot ("" on
+a real host); commands that act on the running system rather than on files (modprobe,
+systemctl, bootloader tools, sysctl reload, firmware tools) run only on a real root.
 """
 
 from __future__ import annotations
@@ -155,6 +156,41 @@ vela_firmware() {  # TOOL DEVICE NAME=VALUE...
   out=$("$tool" -d "$device" -y set "$@" 2>&1) || vela_fail "$tool set on $device failed: $out"
   case $out in *"-E-"*) vela_fail "$tool set on $device failed: $out" ;; esac
 }
+vela_v() { virsh -c qemu:///system "$@"; }  # the system libvirt
+vela_vm_file() {  # PATH BASE64: a guest file written atomically, readable by QEMU
+  mkdir -p "$(dirname "$1")" && printf '%s' "$2" | base64 -d > "$1.tmp" && chmod 0644 "$1.tmp" \
+    && mv -f "$1.tmp" "$1" || vela_fail "cannot write $1"
+}
+vela_vm_disk() {  # BASE FORMAT DISK SIZE: a copy-on-write volume on the base image
+  mkdir -p "$(dirname "$3")"
+  [ -e "$3" ] || qemu-img create -q -f qcow2 -F "$2" -b "$1" "$3" "$4" \
+    || vela_fail "cannot create $3 on $1"
+}
+vela_vm_define() {  # NAME XML_BASE64: define, validated by the host's own libvirt schema
+  xml="/run/vela-domain-$1.xml"
+  printf '%s' "$2" | base64 -d > "$xml"
+  out=$(vela_v define --validate "$xml" 2>&1) || { rm -f "$xml"; vela_fail "virsh define $1: $out"; }
+  rm -f "$xml"
+}
+vela_vm_stop() {  # NAME TIMEOUT: graceful shutdown with a deadline, then power off
+  state=$(vela_v domstate "$1" 2>/dev/null | head -n 1)
+  [ "$state" = "shut off" ] && return 0
+  vela_v shutdown "$1" > /dev/null 2>&1 || :
+  waited=0
+  while [ "$waited" -lt "$2" ]; do
+    [ "$(vela_v domstate "$1" 2>/dev/null | head -n 1)" = "shut off" ] && return 0
+    sleep 2; waited=$((waited + 2))
+  done
+  vela_v destroy "$1" > /dev/null 2>&1 || :
+}
+vela_vm_wait_address() {  # NAME TIMEOUT: until the guest holds a DHCP lease
+  waited=0
+  while [ "$waited" -lt "$2" ]; do
+    vela_v domifaddr "$1" --source lease 2>/dev/null | grep -q ipv4 && return 0
+    sleep 3; waited=$((waited + 3))
+  done
+  vela_fail "guest $1 has no address after $2 s (is it booting? see its console log)"
+}
 '''
 
 
@@ -168,13 +204,52 @@ observe_link() { if [ -L "$R$1" ] || [ -e "$R$1" ]; then emit link "$1" present 
 '''
 
 
+class Var(str):
+    """A shell variable set earlier in the same script, passed as one word: `"$name"`."""
+
+
+def quote(value: object) -> str:
+    """The one quoting function: any value as one shell word."""
+    if isinstance(value, Var):
+        return f'"${value}"'
+    return shlex.quote(str(value))
+
+
 def call(function: str, *args: object) -> str:
-    return " ".join([function, *(shlex.quote(str(arg)) for arg in args)])
+    """`function arg...`, every argument quoted."""
+    return " ".join([function, *(quote(arg) for arg in args)])
+
+
+def assign(name: str, value: object) -> str:
+    """`name=value`, the value quoted."""
+    return f"{_identifier(name)}={quote(value)}"
+
+
+def capture(name: str, function: str, *args: object) -> str:
+    """`name=$(function arg...)`: a call's output kept for later calls (as `Var(name)`)."""
+    return f"{_identifier(name)}=$({call(function, *args)})"
 
 
 def write_file(path: str, content: str, mode: int = 0o644) -> str:
     return call("vela_write_file", path, f"{mode:o}", base64.b64encode(content.encode()).decode())
 
 
-def script(calls: list[str], preamble: str = "") -> str:
-    return LIBRARY + preamble + "\n".join(calls) + "\n"
+def script(calls: list[str], *, sysroot: str = "/") -> str:
+    """The library and `calls`, acting on `sysroot` ("/": the live system)."""
+    root = [] if sysroot in ("", "/") else [assign("R", sysroot)]
+    return LIBRARY + "\n".join(root + calls) + "\n"
+
+
+def boot_script(header: str, calls: list[str], *, keep_going: bool = False) -> str:
+    """An executable script for a boot unit. With `keep_going`, each call runs in a subshell
+    and a failure (a device gone) does not stop the others; the script still exits non-zero."""
+    if keep_going:
+        calls = [assign("status", 0), *(f"({action}) || status=1" for action in calls),
+                 'exit "$status"']
+    return "#!/bin/sh\n" + header + script(calls)
+
+
+def _identifier(name: str) -> str:
+    if not name.isidentifier() or not name.isascii():
+        raise ValueError(f"not a shell variable name: {name!r}")
+    return name

@@ -17,6 +17,7 @@ import json
 import pycdlib
 from lxml.etree import Element, SubElement, tostring
 
+from ..common import shell
 from .placement import Layout
 from .spec import GpuVmArgs
 
@@ -102,23 +103,14 @@ def tuning_script(spec: GpuVmArgs, layout: Layout, ids: dict[str, str], topology
     passthrough = sorted({ids[d.host_address] for d in layout.devices})
     nics = sorted({ids[d.host_address] for d in layout.devices if d.kind == "vf"})
     sysctls = " ".join(f"{name}={value.replace(' ', ',')}" for name, value in SYSCTLS.items())
-    env = "\n".join(f"export {name}={value}"
-                    for name, value in nccl_environment(layout).items())
+    env = "\n".join(f"export {shell.assign(name, value)}" for name, value in NCCL_ENV.items())
     header = "\n".join([
-        f"PASSTHROUGH_IDS='{' '.join(passthrough)}'", f"NIC_IDS='{' '.join(nics)}'",
-        f"MTU={spec.guest.mtu}", f"SYSCTLS='{sysctls}'", f"TOPOLOGY={TOPOLOGY_PATH}",
-        "TOPOLOGY_XML=" + _single_quoted(topology),
-        "NCCL_LINES=" + _single_quoted(env)])
+        shell.assign("PASSTHROUGH_IDS", " ".join(passthrough)),
+        shell.assign("NIC_IDS", " ".join(nics)), shell.assign("MTU", spec.guest.mtu),
+        shell.assign("SYSCTLS", sysctls), shell.assign("TOPOLOGY", TOPOLOGY_PATH),
+        shell.assign("TOPOLOGY_XML", topology), shell.assign("NCCL_LINES", env)])
     body = _SCRIPT.split("\n", 2)
     return "\n".join([body[0], body[1], header, body[2]])
-
-
-def _single_quoted(text: str) -> str:
-    return "'" + text.replace("'", "'\\''") + "'"
-
-
-def nccl_environment(layout: Layout) -> dict[str, str]:
-    return dict(NCCL_ENV)
 
 
 def nccl_topology(layout: Layout, cpu_vendor: str) -> str:

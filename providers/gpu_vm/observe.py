@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 from dataclasses import dataclass, field
 
 from lxml import etree
 
+from ..common import libvirt, shell
 from ..common.records import decoded, records
 from .spec import GpuVmArgs
 from .xml.domain import VELA_NS
@@ -54,9 +54,9 @@ def observe_script(spec: GpuVmArgs) -> str:
     if spec.kernel_boot:
         watched += [spec.kernel_boot.kernel, spec.kernel_boot.initrd]
     return "\n".join([
-        f"VM_NAME={shlex.quote(spec.name)}", f"VM_NETWORK={shlex.quote(spec.network)}",
-        f"VM_PATHS={shlex.quote(' '.join(watched))}",
-        f"VM_IMAGE={shlex.quote(spec.image.path if spec.image else '')}", _SCRIPT])
+        shell.assign("VM_NAME", spec.name), shell.assign("VM_NETWORK", spec.network),
+        shell.assign("VM_PATHS", " ".join(watched)),
+        shell.assign("VM_IMAGE", spec.image.path if spec.image else ""), _SCRIPT])
 
 
 @dataclass
@@ -148,14 +148,7 @@ def parse_observations(text: str) -> VmObservations:
 
 def held_devices(domain: Domain) -> list[str]:
     """Host PCI addresses a domain's definition passes through."""
-    found = []
-    for source in domain.root.iterfind(".//devices/*/source/address"):
-        try:
-            found.append(f"{int(source.get('domain'), 16):04x}:{int(source.get('bus'), 16):02x}:"
-                         f"{int(source.get('slot'), 16):02x}.{int(source.get('function'), 16):x}")
-        except (TypeError, ValueError):
-            continue
-    return found
+    return libvirt.passthrough_addresses(domain.root)
 
 
 def taken_devices(observed: VmObservations, except_name: str) -> dict[str, str]:
@@ -182,7 +175,7 @@ def owned_fields(xml: str) -> dict:
         "cpu": (cpu.get("mode"), cpu.findtext("model")) if cpu is not None else None,
         "maxphysaddr": [(m.get("mode"), m.get("bits"), m.get("limit"))
                         for m in root.iterfind("cpu/maxphysaddr")],
-        "devices": sorted(held_devices_xml(root)),
+        "devices": sorted(libvirt.passthrough_addresses(root)),
         "macs": sorted(mac.get("address") for mac in
                        root.iterfind("devices/interface[@type='hostdev']/mac")),
         "expanders": sorted((c.findtext("target/node"), c.find("target").get("busNr"))
@@ -192,7 +185,3 @@ def owned_fields(xml: str) -> dict:
                    root.findtext("os/cmdline")),
         "disks": sorted(source.get("file") for source in root.iterfind("devices/disk/source")),
     }
-
-
-def held_devices_xml(root) -> list[str]:
-    return held_devices(Domain("", etree.tostring(root).decode()))

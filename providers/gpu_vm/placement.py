@@ -21,7 +21,7 @@ import math
 from pydantic import BaseModel, Field
 
 from ..facts.models import HostFacts, PciDevice
-from ..host_tuning.spec import matches
+from ..common.selectors import matches
 from .spec import GpuVmArgs
 
 GIB_KIB = 1024 * 1024

@@ -23,7 +23,7 @@ from pydantic.alias_generators import to_camel
 
 from ..host.keys import parse_public_key
 from ..host.target import SshTarget
-from ..host_tuning.spec import DeviceSelector
+from ..common.selectors import DeviceSelector
 from ..validate import absolute_path, pci_address, user_name
 
 _DOMAIN_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")

@@ -12,11 +12,11 @@ a directory of a fake sysfs/procfs tree in tests.
 
 from __future__ import annotations
 
-import shlex
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..common import shell
 from ..errors import CommandFailed, CommandTimeout, InvalidValue
 from ..validate import absolute_path
 
@@ -56,7 +56,7 @@ def shell_command(argv: Sequence[str]) -> str:
             raise InvalidValue(f"command argument {arg!r} is not a string")
         if "\0" in arg:
             raise InvalidValue(f"command argument {arg!r} contains a NUL byte")
-    return shlex.join(argv)
+    return " ".join(shell.quote(arg) for arg in argv)
 
 
 class Host(ABC):

@@ -52,8 +52,5 @@ def files(target: "Target") -> dict[str, str | None]:
     calls = boot_calls(target)
     if not calls:
         return {BOOT_SCRIPT: None, UNIT_FILE: None}
-    # Each action in a subshell: one failure (a device gone) must not stop the others.
-    body = "#!/bin/sh\n" + HEADER + shell.script(
-        [f"({action}) || status=1" for action in calls] + ["exit $status"],
-        preamble="status=0\n")
-    return {BOOT_SCRIPT: body, UNIT_FILE: UNIT}
+    # One failure (a device gone) must not stop the other actions.
+    return {BOOT_SCRIPT: shell.boot_script(HEADER, calls, keep_going=True), UNIT_FILE: UNIT}

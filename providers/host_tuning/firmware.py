@@ -161,29 +161,9 @@ def _param_line(line: str, columns: list[str]) -> Param | None:
     return param
 
 
-@dataclass
-class SetResult:
-    applied: bool
-    reboot_needed: bool
-    errors: list[str]
-
-
-def parse_set(text: str) -> SetResult:
-    """Parse `mlxconfig|mstconfig -d DEV [-y] set A=1 ...` output."""
-    errors = [line.strip() for line in text.splitlines() if line.strip().startswith("-E-")]
-    applied = "Applying... Done!" in text
-    reboot = "reboot machine to load new configurations" in text.lower() or \
-        "reboot" in text.lower() and applied
-    return SetResult(applied=applied and not errors, reboot_needed=reboot, errors=errors)
-
-
-def set_command(tool: str, device: str, values: dict[str, int]) -> list[str]:
-    """argv for a non-interactive set, in recipe order."""
+def set_arguments(values: dict[str, int]) -> list[str]:
+    """NAME=VALUE arguments of a non-interactive `set`, in recipe order."""
     ordered = sorted(values, key=lambda name: (RECIPE_ORDER.index(name)
                                                if name in RECIPE_ORDER else len(RECIPE_ORDER),
                                                name))
-    return [tool, "-d", device, "-y", "set", *(f"{name}={values[name]}" for name in ordered)]
-
-
-def query_command(tool: str, device: str) -> list[str]:
-    return [tool, "-d", device, "-e", "q"]
+    return [f"{name}={values[name]}" for name in ordered]

@@ -7,14 +7,13 @@ records into `Observations`. Every value placed in the script is validated and q
 
 from __future__ import annotations
 
-import json
-import shlex
 from dataclasses import dataclass, field
 
-from ..common import shell
+from ..common import originals, shell
 from ..common.records import decoded, records
 from .firmware import FirmwareDevice, FirmwareOutputError, parse_query
-from .spec import PRESETS, HostTuningArgs
+from ..common.selectors import PRESETS
+from .spec import HostTuningArgs
 
 GRUB_DEFAULTS = "/etc/default/grub"
 MODPROBE_CONF = "/etc/modprobe.d/vela-host-tuning.conf"
@@ -42,12 +41,17 @@ observe_tools() {
     found=$(command -v "$tool" 2>/dev/null) && emit tool "$tool" path "$found"
   done
 }
-observe_firmware() {  # TOOL BDF: the tool's query of one device
+find_firmware_tool() {  # [TOOL]: sets fwtool to TOOL, else mlxconfig or mstconfig if installed
+  fwtool=${1:-$(command -v mlxconfig 2>/dev/null || command -v mstconfig 2>/dev/null || :)}
+}
+observe_firmware() {  # TOOL BDF: the tool's query of one device (none without a tool)
+  [ -n "$1" ] || return 0
   out=$("$1" -d "$2" -e q 2>&1) && rc=0 || rc=$?
   emit firmware "$2" rc "$rc"
   emit firmware "$2" output "$(printf '%s\n' "$out" | base64 -w0)"
 }
 observe_firmware_matching() {  # TOOL VENDOR DEVICE|*: function 0 of each matching device
+  [ -n "$1" ] || return 0
   for dev in "$R"/sys/bus/pci/devices/*.0; do
     [ -e "$dev" ] && [ ! -e "$dev/physfn" ] || continue
     first_line "$dev/vendor"; [ "$v" = "0x$2" ] || continue
@@ -69,37 +73,23 @@ fi
 
 def observe_script(spec: HostTuningArgs) -> str:
     """The extra gather sections for this spec."""
-    lines = [f"WATCHED_MODULES={shlex.quote(' '.join(WATCHED_MODULES))}",
+    lines = [shell.assign("WATCHED_MODULES", " ".join(WATCHED_MODULES)),
              shell.OBSERVE_LIBRARY, _FUNCTIONS]
-    for path in [GRUB_DEFAULTS, *MANAGED_FILES, ORIGINALS_FILE]:
-        lines.append(f"observe_file {shlex.quote(path)}")
-    lines.append(f"observe_link {shlex.quote(UNIT_LINK)}")
-    lines.append("observe_tools " + " ".join(BOOTLOADER_TOOLS + FIRMWARE_TOOLS))
-    for name in spec.sysctls:
-        lines.append(f"observe_sysctl {shlex.quote(name)}")
-    tool = firmware_tool_expression(spec)
-    if tool:
-        # The tool sees the sysroot too (a stand-in uses it; real tools ignore it).
-        lines.append(f"fwtool={tool}; export VELA_ROOT=\"$R\"")
-        lines.append('if [ -n "$fwtool" ]; then')
+    lines += [shell.call("observe_file", path)
+              for path in [GRUB_DEFAULTS, *MANAGED_FILES, ORIGINALS_FILE]]
+    lines.append(shell.call("observe_link", UNIT_LINK))
+    lines.append(shell.call("observe_tools", *BOOTLOADER_TOOLS, *FIRMWARE_TOOLS))
+    lines += [shell.call("observe_sysctl", name) for name in spec.sysctls]
+    if spec.firmware.enabled is not False:
+        tool = "" if spec.firmware.tool == "auto" else spec.firmware.tool
+        lines.append(shell.call("find_firmware_tool", tool))
+        fwtool = shell.Var("fwtool")
         for vendor, device in firmware_targets(spec):
             if ":" in vendor:  # a PCI address
-                lines.append(f"  observe_firmware \"$fwtool\" {shlex.quote(vendor)}")
+                lines.append(shell.call("observe_firmware", fwtool, vendor))
             else:
-                lines.append(f"  observe_firmware_matching \"$fwtool\" {vendor} "
-                             f"{shlex.quote(device)}")
-        lines.append("fi")
+                lines.append(shell.call("observe_firmware_matching", fwtool, vendor, device))
     return "\n".join(lines) + "\n"
-
-
-def firmware_tool_expression(spec: HostTuningArgs) -> str | None:
-    """Shell expression for the firmware tool (empty when none is installed)."""
-    if spec.firmware.enabled is False:
-        return None
-    if spec.firmware.tool != "auto":
-        return shlex.quote(spec.firmware.tool)
-    return ('$(command -v mlxconfig 2>/dev/null || command -v mstconfig 2>/dev/null || '
-            'true)')
 
 
 def firmware_targets(spec: HostTuningArgs) -> list[tuple[str, str]]:
@@ -148,13 +138,7 @@ class Observations:
 
     @property
     def originals(self) -> dict | None:
-        text = self.files.get(ORIGINALS_FILE)
-        if not text:
-            return None
-        try:
-            return json.loads(text)
-        except ValueError:
-            return None
+        return originals.parse(self.files.get(ORIGINALS_FILE))
 
     @property
     def bootloader(self) -> str | None:

@@ -2,7 +2,8 @@
 
 Every call follows one path: parse inputs -> gather facts (one remote command) -> select
 devices -> preflight -> plan (pure) -> apply only the changes (one remote command) -> reboot
-when allowed and needed, gather again, finish the plan -> verify. Delete plans towards the
+when allowed and needed, gather again, finish the plan -> verify (the shared converge loop,
+`providers.common.converge`). Delete plans towards the
 original values saved before the first change (on the host and in the outputs) through the same
 planner. The SSH private key comes from the stack config (`vela:sshPrivateKey`, a secret) via
 `configure`; it is never an input and never an output.
@@ -10,7 +11,6 @@ planner. The SSH private key comes from the stack config (`vela:sshPrivateKey`, 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pulumi.dynamic import (
@@ -20,13 +20,14 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 
-from ..common import shell
+from ..common import originals as saved
+from ..common.converge import Converger, Outcome, Snapshot, look
 from ..common.dynamic import HostResourceProvider
+from ..errors import HostTuningError
 from ..facts.models import HostFacts
 from ..host import Host
-from .converge import HostTuningError, Run, observe
-from .observe import ORIGINALS_DIRS, ORIGINALS_FILE, Observations
-from .plan import Plan, plan
+from .observe import ORIGINALS_DIRS, ORIGINALS_FILE, Observations, observe_script, parse_observations
+from .plan import Plan, plan, plan_round
 from .preflight import preflight
 from .spec import HostTuningArgs
 from .target import (
@@ -43,9 +44,9 @@ from .target import (
 REPLACE_ON = {"address", "port"}  # another machine: a new resource
 OUTPUT_KEYS = ["gpus", "nics", "iommuGroups", "applied", "changes", "pendingReboot",
                "pendingReasons", "reboots", "originals", "inSync", "drift"]
-
-
-
+APPLY_TIMEOUT = 1800  # bootloader regeneration and firmware writes can take minutes
+HUGEPAGES_HINT = (" - even at boot the node had no room for them: huge pages need whole free, "
+                  "aligned blocks of memory; ask for fewer on that node (perNode)")
 
 
 class HostTuningProvider(HostResourceProvider):
@@ -55,8 +56,6 @@ class HostTuningProvider(HostResourceProvider):
     args_model = HostTuningArgs
     error = HostTuningError
     output_keys = OUTPUT_KEYS
-
-    # -- engine calls ----------------------------------------------------------------------------
 
     def diff(self, id_: str, olds: dict, news: dict) -> DiffResult:
         old, new = self.inputs(olds), self.inputs(news)
@@ -68,62 +67,80 @@ class HostTuningProvider(HostResourceProvider):
 
     def create(self, props: dict) -> CreateResult:
         spec = self.parse_inputs(props)
-        return CreateResult(f"{spec.address}:{spec.port}", self._converge(spec, props))
+        return CreateResult(f"{spec.address}:{spec.port}",
+                            converge_desired(self._host(spec), spec, props))
 
     def update(self, id_: str, olds: dict, news: dict) -> UpdateResult:
-        return UpdateResult(self._converge(self.parse_inputs(news), news, previous=olds))
+        spec = self.parse_inputs(news)
+        return UpdateResult(converge_desired(self._host(spec), spec, news, previous=olds))
 
     def read(self, id_: str, props: dict) -> ReadResult:
         spec = self.parse_inputs(props)
         host = self._host(spec)
-        facts, observed = observe(host, spec)
-        topology = _topology(host, spec, facts)
-        desired = desired_target(spec, facts, observed, topology)
-        drift = plan(desired, facts, observed)
-        originals = _originals(props, observed) or original_target(desired, facts, observed)
-        return ReadResult(id_, outputs(spec, props, facts, topology, desired, originals, drift,
+        now = observe(host, spec)
+        topology = _topology(host, spec, now.facts)
+        desired = desired_target(spec, now.facts, now.observed, topology)
+        drift = plan(desired, now.facts, now.observed)
+        found = _originals(props, now.observed) or original_target(desired, now.facts,
+                                                                   now.observed)
+        return ReadResult(id_, outputs(spec, props, now, topology, desired, found, drift,
                                        changes=[], reboots=0))
 
     def delete(self, id_: str, props: dict) -> None:
         spec = self.parse_inputs(props)
-        host = self._host(spec)
-        facts, observed = observe(host, spec)
-        originals = _originals(props, observed)
-        if originals is None:
-            return  # nothing was ever changed on this host
-        Run(host, spec, lambda *_: originals).converge(facts, observed, finish=[
-            shell.call("vela_remove_file", ORIGINALS_FILE),
-            shell.call("vela_remove_empty_dirs", *ORIGINALS_DIRS)])
+        restore_originals(self._host(spec), spec, props)
 
-    # -- converging ------------------------------------------------------------------------------
 
-    def _converge(self, spec: HostTuningArgs, props: dict,
-                  previous: dict | None = None) -> dict:
-        host = self._host(spec)
-        facts, observed = observe(host, spec)
-        topology = _topology(host, spec, facts)
-        desired = desired_target(spec, facts, observed, topology)
-        problems = preflight(spec, facts, observed, topology, desired)
-        if problems:
-            raise HostTuningError(f"{host.name}: preflight found {len(problems)} problem(s); "
-                                  f"nothing was changed:\n - " + "\n - ".join(problems))
-        saved = _originals(previous or {}, observed)
-        originals = merge_originals(saved.model_dump() if saved else None,
-                                    original_target(desired, facts, observed))
-        record = originals_record(originals)
-        save = [] if observed.files.get(ORIGINALS_FILE) == record else \
-            [shell.write_file(ORIGINALS_FILE, record, 0o600)]
+# -- converging ------------------------------------------------------------------------------
 
-        def target_for(new_facts: HostFacts, new_observed: Observations) -> Target:
-            return desired_target(spec, new_facts, new_observed,
-                                  select_topology(spec, new_facts))
+def observe(host: Host, spec: HostTuningArgs) -> Snapshot[Observations]:
+    """Hardware facts and HostTuning's observations, from one remote command."""
+    return look(host, observe_script(spec), parse_observations)
 
-        done = Run(host, spec, target_for).converge(facts, observed, extra_calls=save)
-        topology = select_topology(spec, done.facts)
-        desired = target_for(done.facts, done.observed)
-        return outputs(spec, props, done.facts, topology, desired, originals, done.plan,
-                       changes=done.changes, reboots=done.reboots)
 
+def converger(host: Host, spec: HostTuningArgs, target_for) -> Converger[Observations]:
+    """The shared converge loop, planning towards `target_for(snapshot)`."""
+    return Converger(host=host, look=lambda: observe(host, spec),
+                     plan_for=lambda now, at: plan_round(target_for(now), now, at),
+                     error=HostTuningError, apply_timeout=APPLY_TIMEOUT, reboots=spec.reboot,
+                     reboot_timeout=spec.reboot_timeout, hints={"hugepages": HUGEPAGES_HINT})
+
+
+def converge_desired(host: Host, spec: HostTuningArgs, props: dict,
+                     previous: dict | None = None) -> dict[str, Any]:
+    """Create and update: preflight, save the originals, converge, and the outputs."""
+    now = observe(host, spec)
+    topology = _topology(host, spec, now.facts)
+    desired = desired_target(spec, now.facts, now.observed, topology)
+    problems = preflight(spec, now.facts, now.observed, topology, desired)
+    if problems:
+        raise HostTuningError(f"{host.name}: preflight found {len(problems)} problem(s); "
+                              f"nothing was changed:\n - " + "\n - ".join(problems))
+    found = _originals(previous or {}, now.observed)
+    originals = merge_originals(found.model_dump() if found else None,
+                                original_target(desired, now.facts, now.observed))
+
+    def target_for(snapshot: Snapshot[Observations]) -> Target:
+        return desired_target(spec, snapshot.facts, snapshot.observed,
+                              _topology(host, spec, snapshot.facts))
+
+    done = converger(host, spec, target_for).converge(
+        now, first=saved.save_calls(ORIGINALS_FILE, originals,
+                                    now.observed.files.get(ORIGINALS_FILE)))
+    topology = _topology(host, spec, done.snapshot.facts)
+    return outputs(spec, props, done.snapshot, topology, target_for(done.snapshot), originals,
+                   done.plan, changes=done.changes, reboots=done.reboots)
+
+
+def restore_originals(host: Host, spec: HostTuningArgs, props: dict) -> Outcome | None:
+    """Delete: converge back to the originals saved before the first change, then remove the
+    record. None when nothing was ever changed on this host."""
+    now = observe(host, spec)
+    originals = _originals(props, now.observed)
+    if originals is None:
+        return None
+    return converger(host, spec, lambda _: originals).converge(
+        now, finish=saved.removal_calls(ORIGINALS_FILE, ORIGINALS_DIRS))
 
 
 def _topology(host: Host, spec: HostTuningArgs, facts: HostFacts) -> Topology:
@@ -133,23 +150,14 @@ def _topology(host: Host, spec: HostTuningArgs, facts: HostFacts) -> Topology:
         raise HostTuningError(f"{host.name}: {exc}") from None
 
 
-def originals_record(originals: Target) -> str:
-    return json.dumps(originals.model_dump(mode="json"), indent=1, sort_keys=True) + "\n"
-
-
 def _originals(props: dict, observed: Observations) -> Target | None:
-    """The originals saved on the host before the first change; else those in the last
-    outputs (kept there as a JSON string: Pulumi drops null values inside output objects, and
-    "absent" is an original value vela must keep)."""
-    if observed.originals:
-        return Target.model_validate(observed.originals)
-    saved = props.get("originals")
-    return Target.model_validate(json.loads(saved)) if isinstance(saved, str) and saved else None
+    return saved.load(Target, observed.files.get(ORIGINALS_FILE), props)
 
 
-def outputs(spec: HostTuningArgs, props: dict, facts: HostFacts, topology: Topology,
-            desired: Target, originals: Target, final: Plan, *, changes: list[str],
-            reboots: int) -> dict[str, Any]:
+def outputs(spec: HostTuningArgs, props: dict, now: Snapshot[Observations],
+            topology: Topology, desired: Target, originals: Target, final: Plan, *,
+            changes: list[str], reboots: int) -> dict[str, Any]:
+    facts = now.facts
     groups: dict[str, list[str]] = {}
     for address in topology.vfio_devices:
         group = facts.pci[address].iommu_group
@@ -173,11 +181,11 @@ def outputs(spec: HostTuningArgs, props: dict, facts: HostFacts, topology: Topol
         "applied": _applied(desired),
         "changes": changes,
         "pendingReboot": bool(final.pending),
-        "pendingReasons": final.pending,
+        "pendingReasons": final.reasons(),
         "reboots": reboots,
-        "originals": originals_record(originals),
+        "originals": saved.record(originals),
         "inSync": not final.changes,
-        "drift": [change.summary() for change in final.changes],
+        "drift": final.summaries(),
     }
 
 

@@ -26,7 +26,8 @@ from .observe import (
     SYSCTL_CONF,
     Observations,
 )
-from .spec import HostTuningArgs, matches
+from ..common.selectors import matches
+from .spec import HostTuningArgs
 
 ACS_MASK = 0x007F  # every defined ACS control bit
 ACS_VM = 0x005D  # SV, RR, CR, UF, DT: isolation for untranslated P2P, direct for translated

@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 from dataclasses import dataclass, field
 
-from lxml import etree
-
-from ..common import shell
+from ..common import libvirt, shell
 from ..common.records import decoded, records
 from .spec import SriovPoolArgs
 
@@ -67,11 +64,11 @@ ORIGINALS_DIRS = ["/var/lib/vela/sriov", "/var/lib/vela"]
 
 def observe_script(spec: SriovPoolArgs) -> str:
     where = paths(spec)
-    lines = [f"POOL_PF={shlex.quote(spec.pf)}",
-             f"POOL_NETWORK={shlex.quote(spec.network.name if spec.network else '')}",
+    lines = [shell.assign("POOL_PF", spec.pf),
+             shell.assign("POOL_NETWORK", spec.network.name if spec.network else ""),
              shell.OBSERVE_LIBRARY, _SCRIPT]
-    lines += [f"observe_file {shlex.quote(where[key])}" for key in ("unit", "script", "originals")]
-    lines.append(f"observe_link {shlex.quote(where['link'])}")
+    lines += [shell.call("observe_file", where[key]) for key in ("unit", "script", "originals")]
+    lines.append(shell.call("observe_link", where["link"]))
     return "\n".join(lines) + "\n"
 
 
@@ -107,13 +104,6 @@ class PoolObservations:
     links: set[str] = field(default_factory=set)
     mtus: dict[str, int] = field(default_factory=dict)  # interface -> MTU
     pf_up: bool | None = None  # the PF's administrative state (None: not seen)
-
-    def originals(self, path: str) -> dict | None:
-        text = self.files.get(path)
-        try:
-            return json.loads(text) if text else None
-        except ValueError:
-            return None
 
 
 def parse_observations(text: str) -> PoolObservations:
@@ -187,27 +177,15 @@ def domains_using(domains: dict[str, str], addresses: set[str],
     """Domain name -> what it holds of the pool: VFs by address, or the pool's network."""
     users: dict[str, list[str]] = {}
     for xml in domains.values():
-        try:
-            root = etree.fromstring(xml.encode())
-        except etree.XMLSyntaxError:
+        root = libvirt.parse(xml)
+        if root is None:
             continue
         name = root.findtext("name") or "?"
-        held = []
-        for source in root.iterfind(".//devices/*/source/address"):
-            address = _pci(source)
-            if address in addresses:
-                held.append(address)
+        held = [address for address in libvirt.passthrough_addresses(root)
+                if address in addresses]
         for source in root.iterfind(".//devices/interface[@type='network']/source"):
             if network and source.get("network") == network:
                 held.append(f"network {network}")
         if held:
             users[name] = sorted(set(held))
     return users
-
-
-def _pci(element) -> str | None:
-    try:
-        return (f"{int(element.get('domain'), 16):04x}:{int(element.get('bus'), 16):02x}:"
-                f"{int(element.get('slot'), 16):02x}.{int(element.get('function'), 16):x}")
-    except (TypeError, ValueError):
-        return None

@@ -91,15 +91,13 @@ def test_missing_key_is_one_clear_line(server):
 def test_originals_survive_the_wire_with_their_absent_values():
     """Pulumi drops null values inside outputs; "this argument was absent" is an original
     value delete must restore, so the originals travel as one JSON string."""
-    import json
-
-    from providers.host_tuning.provider import originals_record
+    from providers.common import originals as saved
     from providers.host_tuning.target import Target
     from tests.support.provider_harness import from_struct, to_struct
 
     originals = Target(kernel_args={"iommu": None, "hugepages": "hugepages=4"},
                        firmware={"0000:1b:00.0": {"MAX_ACC_OUT_READ": None, "SRIOV_EN": 0}})
-    wire = from_struct(to_struct({"originals": originals_record(originals),
+    wire = from_struct(to_struct({"originals": saved.record(originals),
                                   "asObject": originals.model_dump(mode="json")}))
-    assert Target.model_validate(json.loads(wire["originals"])) == originals
+    assert saved.load(Target, None, wire) == originals
     assert "iommu" not in wire["asObject"]["kernel_args"]  # what an object would have lost

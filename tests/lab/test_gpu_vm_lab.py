@@ -72,7 +72,7 @@ def test_nested_guest_with_gpu_and_vf(lab, tmp_path):
         vf, = pool["vfs"]
 
         vm = {**_base(lab_host), "name": "lab-vm", "vcpus": 1, "memoryGib": 1, "gpus": 1,
-              "gpuSelector": ["lab-gpu"], "vfs": [vf], "reservedCpus": 0,
+              "gpuSelector": ["1af4:1110"], "vfs": [vf], "reservedCpus": 0,
               "kernelBoot": {"kernel": "/usr/local/share/vela-guest/vmlinuz",
                              "initrd": "/usr/local/share/vela-guest/initrd.img",
                              "cmdline": "console=ttyS0 no_timer_check"},

@@ -46,7 +46,7 @@ def test_apply_verify_reapply_refresh_delete(lab, tmp_path):
     before = host_snapshot(host)
     inputs = with_provider(HostTuningProvider(), {
         "address": "127.0.0.1", "port": lab_host.spec.ssh_port, "user": "root",
-        "hostKey": lab_host.host_key, "gpuSelector": ["lab-gpu"], "nicSelector": ["lab-nic"],
+        "hostKey": lab_host.host_key, "gpuSelector": ["1af4:1110"], "nicSelector": ["8086:10c9"],
         "acs": False, "maxReadRequest": False,
         "hugepages": {"perNode": {"0": 1, "1": 1}},
         "firmware": {"enabled": True, "tool": STANDIN_ON_HOST, "numVfs": 4},

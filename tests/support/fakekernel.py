@@ -20,6 +20,8 @@ import uuid
 from pathlib import Path
 
 from providers.facts.cmdline import cmdline_value
+from providers.host import LocalHost
+from providers.host.base import CommandResult
 from providers.host_tuning import grub
 from providers.host_tuning.observe import (
     BOOT_SCRIPT,
@@ -30,6 +32,7 @@ from providers.host_tuning.observe import (
 
 from .fakehost import FakeHost
 
+STANDIN = Path(__file__).resolve().parent / "standins" / "mstconfig-standin"
 # What GRUB puts before the configured arguments (the fixture boots the same way).
 BOOT_PREFIX = ("BOOT_IMAGE=/boot/vmlinuz-6.1.0-28-amd64 "
                "root=UUID=3f1c2b9e-5a8d-4e61-9c0e-2b7f4a6d8e10 ro")
@@ -164,8 +167,9 @@ class FakeKernel:
             ids = f"{function.vendor_id:04x}:{function.device_id:04x}"
             self._bind(address, "vfio-pci" if ids in vfio_ids else None)
         self._boot_hugepages(cmdline)
-        if (self.root / UNIT_LINK.lstrip("/")).exists() and (self.root / BOOT_SCRIPT.lstrip("/")).exists():
-            result = subprocess.run(["sh", str(self.root / BOOT_SCRIPT.lstrip("/"))],
+        unit, script = (self.root / path.lstrip("/") for path in (UNIT_LINK, BOOT_SCRIPT))
+        if unit.exists() and script.exists():
+            result = subprocess.run(["sh", str(script)],
                                     env={**os.environ, "VELA_ROOT": str(self.root)},
                                     capture_output=True, text=True)
             self.after(result.stderr)
@@ -188,3 +192,37 @@ class FakeKernel:
             pool = self.root / f"sys/devices/system/node/node{node}/hugepages/hugepages-{kib}kB"
             (pool / "nr_hugepages").write_text(f"{pages}\n")
             self._fit(pool)
+
+
+class KernelHost(LocalHost):
+    """A local host rooted at the fixture, whose running system is `kernel`.
+
+    After every command the fake kernel does what the live-system commands the script printed
+    (through `vela_system`) would have done. The reboot request of the product's
+    `reboot_and_wait` (`systemctl reboot`, systemctl(1): "Shut down and reboot the system") is
+    a power cycle of the fake kernel, never of the machine running the tests; the product then
+    waits for the new boot id exactly as on a real host.
+    """
+
+    def __init__(self, kernel: FakeKernel) -> None:
+        super().__init__(str(kernel.root))
+        self.kernel = kernel
+
+    def _execute(self, command: str, stdin: bytes | None, deadline: float) -> CommandResult:
+        if "systemctl reboot" in command:
+            self.kernel.reboot()
+            return CommandResult(command, 0, b"", b"")
+        result = super()._execute(command, stdin, deadline)
+        self.kernel.after(result.error_text)
+        return result
+
+
+def firmware_standin(root: Path) -> str:
+    """The mstconfig stand-in as the firmware tool of the fixture at `root`: a wrapper that
+    tells it where the fixture is (the real tool needs no such thing; the stand-in keeps its
+    state and finds the devices under the root)."""
+    wrapper = root.parent / f"{root.name}-mstconfig-standin"
+    wrapper.write_text("#!/bin/sh\n" + f"MSTCONFIG_STANDIN_ROOT={shlex.quote(str(root))} "
+                       f"exec {shlex.quote(str(STANDIN))} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return str(wrapper)

@@ -11,11 +11,11 @@ import pytest
 from providers.host_tuning.firmware import (
     FirmwareOutputError,
     parse_query,
-    parse_set,
     parse_value,
     recipe_settings,
-    set_command,
+    set_arguments,
 )
+from tests.support.mlxconfig_set import parse_set
 from tests.support.recorded import recorded
 
 STANDIN = Path(__file__).resolve().parents[1] / "support" / "standins" / "mstconfig-standin"
@@ -51,10 +51,8 @@ def test_recorded_unsupported_parameter_error():
 def test_values_and_commands():
     assert [parse_value(v) for v in ["True(1)", "per_mkey(0)", "44", "0x10", "N/A"]] == \
         [1, 0, 44, 16, None]
-    assert set_command("mstconfig", "0000:3b:00.0", {"NUM_OF_VFS": 8, "SRIOV_EN": 1,
-                                                     "ADVANCED_PCI_SETTINGS": 1}) == \
-        ["mstconfig", "-d", "0000:3b:00.0", "-y", "set", "ADVANCED_PCI_SETTINGS=1",
-         "SRIOV_EN=1", "NUM_OF_VFS=8"]
+    assert set_arguments({"NUM_OF_VFS": 8, "SRIOV_EN": 1, "ADVANCED_PCI_SETTINGS": 1}) == \
+        ["ADVANCED_PCI_SETTINGS=1", "SRIOV_EN=1", "NUM_OF_VFS=8"]  # recipe order
     assert recipe_settings("vm", 8)["ATS_ENABLED"] == 1
     assert recipe_settings("baremetal", 8)["ATS_ENABLED"] == 0
     assert recipe_settings("vm", 0)["SRIOV_EN"] == 0
@@ -92,8 +90,8 @@ def test_standin_behaves_like_the_tool(tmp_path):
     assert params["SRIOV_EN"].current == 0 and not params["SRIOV_EN"].pending
     refused = tool("-d", "0000:3b:00.0", "-y", "set", "MAX_ACC_OUT_READ=44")
     assert refused.returncode != 0 and parse_set(refused.stdout).errors
-    done = tool(*set_command("x", "0000:3b:00.0", {"ADVANCED_PCI_SETTINGS": 1,
-                                                   "SRIOV_EN": 1, "NUM_OF_VFS": 8})[1:])
+    done = tool("-d", "0000:3b:00.0", "-y", "set", *set_arguments(
+        {"ADVANCED_PCI_SETTINGS": 1, "SRIOV_EN": 1, "NUM_OF_VFS": 8}))
     assert parse_set(done.stdout).applied and parse_set(done.stdout).reboot_needed
     params = tool.query()
     assert params["SRIOV_EN"].next_boot == 1 and params["SRIOV_EN"].current == 0

@@ -114,7 +114,7 @@ def test_golden_hgx_node_with_8_gpus_and_4_vfs(hgx):
 def test_golden_lab_guest(lab):
     spec = _spec(name="lab-vm", vcpus=2, memoryGib=2, gpus=2, vfs=[
         {"address": "0000:45:10.0", "mac": "02:00:00:00:01:00"}], kernelBoot=KERNEL,
-        domainType="qemu", cpuModel="qemu64", gpuSelector=["lab-gpu"], reservedCpus=0)
+        domainType="qemu", cpuModel="qemu64", gpuSelector=["1af4:1110"], reservedCpus=0)
     with pytest.raises(PlacementError, match="VF 0000:45:10.0 does not exist"):
         place(spec, lab, {})
     spec = spec.model_copy(update={"vfs": []})
@@ -134,7 +134,7 @@ def test_golden_lab_guest(lab):
 
 def test_reserved_cpus_need_spare_cpus(lab):
     spec = _spec(name="x", vcpus=2, memoryGib=2, gpus=2, kernelBoot=KERNEL, domainType="qemu",
-                 cpuModel="qemu64", gpuSelector=["lab-gpu"], reservedCpus=1)
+                 cpuModel="qemu64", gpuSelector=["1af4:1110"], reservedCpus=1)
     with pytest.raises(PlacementError, match="0 CPUs after 1 reserved"):
         place(spec, lab, {})
 

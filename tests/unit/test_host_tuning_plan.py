@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from providers.common import originals as saved
 from providers.common import shell
+from providers.errors import HostTuningError
 from providers.host import LocalHost
-from providers.host_tuning.converge import HostTuningError, Run, observe
-from providers.host_tuning.observe import ORIGINALS_DIRS, ORIGINALS_FILE
+from providers.host_tuning.observe import ORIGINALS_FILE
 from providers.host_tuning.plan import plan
 from providers.host_tuning.preflight import preflight
-from providers.host_tuning.provider import originals_record
+from providers.host_tuning.provider import converge_desired, converger, observe, restore_originals
 from providers.host_tuning.spec import HostTuningArgs
 from providers.host_tuning.target import (
     ACS_VM,
@@ -28,11 +29,11 @@ from providers.host_tuning.target import (
     original_target,
     select_topology,
 )
-from tests.support.fakekernel import FakeKernel
+from tests.support.fakekernel import FakeKernel, KernelHost, firmware_standin
 from tests.support.hgx import hgx_a100
 from tests.support.recorded import recorded
 
-STANDIN = str(Path(__file__).resolve().parents[1] / "support" / "standins" / "mstconfig-standin")
+STANDIN = "standin"  # in a spec: the mstconfig stand-in, wrapped for the rig's root
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 DEBIAN_GRUB = recorded("files/etc-default-grub-debian12.txt")
 
@@ -44,42 +45,43 @@ class Rig:
         self.fake, self.layout = hgx_a100(nic_vfs=2, nic_ats=nic_ats, grub_defaults=DEBIAN_GRUB)
         self.root = self.fake.write(root)
         self.kernel = FakeKernel(self.fake, self.root)
-        self.host = LocalHost(str(self.root))
-        self.spec = HostTuningArgs.model_validate({
-            "address": "10.0.0.1", "hostKey": HOST_KEY, "mode": mode,
-            "hugepages": {"perNode": {"0": 8, "1": 8}}, "firmware": {"tool": STANDIN},
-            "sysctls": {"vm.swappiness": "10"}, **spec})
+        self.host = KernelHost(self.kernel)
+        self.spec = self.spec_with(**{
+            "mode": mode, "hugepages": {"perNode": {"0": 8, "1": 8}},
+            "firmware": {"tool": STANDIN}, "sysctls": {"vm.swappiness": "10"}, **spec})
         (self.root / "proc/sys/vm").mkdir(parents=True, exist_ok=True)
         (self.root / "proc/sys/vm/swappiness").write_text("60\n")
 
+    def spec_with(self, **changes) -> HostTuningArgs:
+        inputs = {"address": "10.0.0.1", "hostKey": HOST_KEY, **changes}
+        firmware = inputs.get("firmware") or {}
+        if firmware.get("tool") == STANDIN:
+            inputs["firmware"] = {**firmware, "tool": firmware_standin(self.root)}
+        return HostTuningArgs.model_validate(inputs)
+
     def look(self):
-        facts, observed = observe(self.host, self.spec)
-        topology = select_topology(self.spec, facts)
-        return facts, observed, topology, desired_target(self.spec, facts, observed, topology)
+        now = observe(self.host, self.spec)
+        topology = select_topology(self.spec, now.facts)
+        return (now.facts, now.observed, topology,
+                desired_target(self.spec, now.facts, now.observed, topology))
 
     def plan(self, target=None):
         facts, observed, _, desired = self.look()
         return plan(target or desired, facts, observed)
 
     def apply(self, calls: list[str]) -> None:
-        preamble = f"R='{self.root}'\n"
-        result = self.host.run_script(shell.script(calls, preamble=preamble))
-        self.kernel.after(result.error_text)
+        self.host.run_script(shell.script(calls, sysroot=str(self.root)))
 
-    def run(self, target_for=None, **spec) -> Run:
-        """The provider's own converge loop, with the fake kernel doing the reboots."""
-        chosen = self.spec.model_copy(update=spec)
+    def converge(self, **spec) -> dict:
+        """The provider's create: its own converge loop, the fake kernel doing the reboots;
+        returns the outputs."""
+        return converge_desired(self.host, self.spec.model_copy(update={"reboot": "allowed",
+                                                                        **spec}), {})
 
-        def desired(facts, observed):
-            return desired_target(chosen, facts, observed, select_topology(chosen, facts))
-
-        return Run(self.host, chosen, target_for or desired,
-                   reboot=lambda host, deadline: self.kernel.reboot(),
-                   on_applied=lambda result: self.kernel.after(result.error_text))
-
-    def converge(self, target_for=None, **spec):
-        facts, observed = observe(self.host, self.spec)
-        return self.run(target_for, reboot="allowed", **spec).converge(facts, observed)
+    def restore(self, outputs: dict | None = None):
+        """The provider's delete."""
+        return restore_originals(self.host, self.spec.model_copy(update={"reboot": "allowed"}),
+                                 outputs or {})
 
     def snapshot(self) -> dict:
         """What delete must give back: command line, files, sysfs values, firmware."""
@@ -105,7 +107,7 @@ def test_vm_mode_plan_for_a_fresh_hgx_node(tmp_path):
     rig = Rig(tmp_path)
     current = rig.plan()
     args, = _by_kind(current, "kernel-args")
-    assert args.phase == "reboot"
+    assert args.effect == "next-boot"
     for token in ["intel_iommu=on", "iommu=pt", "vfio-pci.ids=10de:1af1,10de:20b2",
                   "modprobe.blacklist=nouveau", "rd.driver.blacklist=nouveau",
                   "default_hugepagesz=1G", "hugepagesz=1G", "hugepages=0:8,1:8"]:
@@ -151,13 +153,14 @@ def test_baremetal_mode_differs_only_in_acs_ats_and_write_ordering(tmp_path):
 def test_two_reboot_firmware_sequence_then_an_empty_plan(tmp_path):
     rig = Rig(tmp_path)
     done = rig.converge()
-    assert done.reboots == 2  # the command line and stage 1 firmware, then MAX_ACC_OUT_READ
-    firmware = [change for change in done.changes if change.startswith("firmware")]
+    assert done["reboots"] == 2  # the command line and stage 1 firmware, then MAX_ACC_OUT_READ
+    assert done["inSync"] and not done["pendingReboot"] and done["drift"] == []
+    firmware = [change for change in done["changes"] if change.startswith("firmware")]
     assert len(firmware) == 8 and all("MAX_ACC_OUT_READ=44" in change for change in firmware[4:])
     assert all("MAX_ACC_OUT_READ" not in change for change in firmware[:4])
     final = rig.plan()
     assert final.empty and final.reboots_required == 0
-    assert final.script().strip().endswith("}")  # the library and no call at all
+    assert final.calls == []
     facts, observed, topology, desired = rig.look()
     assert facts.device(rig.layout.gpus[0]).driver == "vfio-pci"
     assert facts.device(rig.layout.gpus[0]).caps.pcie.max_read_request == 4096
@@ -172,13 +175,14 @@ def test_two_reboot_firmware_sequence_then_an_empty_plan(tmp_path):
 
 def test_without_reboots_the_rest_is_reported_pending(tmp_path):
     rig = Rig(tmp_path)
-    facts, observed = observe(rig.host, rig.spec)
-    done = rig.run().converge(facts, observed)  # the spec says reboot: never
-    assert done.reboots == 0 and done.plan.changes == []
-    assert any("intel_iommu=on takes effect at the next boot" in reason
-               for reason in done.plan.pending)
+    assert rig.spec.reboot == "never"
+    done = converge_desired(rig.host, rig.spec, {})
+    assert done["reboots"] == 0 and done["drift"] == [] and done["pendingReboot"]
+    assert "kernel command line: intel_iommu=on takes effect at the next boot" in \
+        done["pendingReasons"]
     assert any("MAX_ACC_OUT_READ=44 can be set only once" in reason
-               for reason in done.plan.pending)
+               for reason in done["pendingReasons"])
+    assert rig.kernel.boots == 0
 
 
 def test_huge_pages_that_do_not_fit_even_at_boot_fail_clearly(tmp_path):
@@ -199,15 +203,10 @@ def test_boot_unit_reapplies_what_a_reboot_forgets(tmp_path):
 def test_delete_restores_the_host_byte_for_byte(tmp_path):
     rig = Rig(tmp_path)
     before = rig.snapshot()
-    facts, observed, _, desired = rig.look()
-    originals = merge_originals(None, original_target(desired, facts, observed))
-    rig.apply([shell.write_file(ORIGINALS_FILE, originals_record(originals), 0o600)])
-    rig.converge()
+    outputs = rig.converge()
     assert rig.snapshot() != before
-    facts, observed = observe(rig.host, rig.spec)
-    rig.run(lambda *_: originals, reboot="allowed").converge(facts, observed, finish=[
-        shell.call("vela_remove_file", ORIGINALS_FILE),
-        shell.call("vela_remove_empty_dirs", *ORIGINALS_DIRS)])
+    restored = rig.restore(outputs)
+    assert restored.reboots == 1 and restored.plan.empty  # the command line back
     after = rig.snapshot()
     assert {key for key in set(before) ^ set(after)} == set()
     assert [key for key in before if before[key] != after[key]] == []
@@ -260,7 +259,8 @@ def test_preflight_missing_acs_and_unviable_group(tmp_path):
     root = host.write(tmp_path)
     spec = HostTuningArgs.model_validate({"address": "10.0.0.1", "hostKey": HOST_KEY,
                                           "firmware": {"enabled": False}})
-    facts, observed = observe(LocalHost(str(root)), spec)
+    now = observe(LocalHost(str(root)), spec)
+    facts, observed = now.facts, now.observed
     topology = select_topology(spec, facts)
     problems = preflight(spec, facts, observed, topology,
                          desired_target(spec, facts, observed, topology))
@@ -271,7 +271,7 @@ def test_preflight_missing_acs_and_unviable_group(tmp_path):
 def test_selection_errors(tmp_path):
     rig = Rig(tmp_path, gpuSelector=["10de:9999"])
     from providers.host_tuning.target import SelectionError
-    facts, _ = observe(rig.host, rig.spec)
+    facts = observe(rig.host, rig.spec).facts
     with pytest.raises(SelectionError, match="no device on this host matches"):
         select_topology(rig.spec, facts)
     missing = HostTuningArgs.model_validate({"address": "10.0.0.1", "hostKey": HOST_KEY,
@@ -290,19 +290,16 @@ def test_a_run_that_fails_half_way_is_finished_by_the_next(tmp_path):
     blocker.write_text("not a directory\n")  # the sysctl file cannot be written
     facts, observed, _, desired = rig.look()
     originals = merge_originals(None, original_target(desired, facts, observed))
-    save = [shell.write_file(ORIGINALS_FILE, originals_record(originals), 0o600)]
     with pytest.raises(CommandFailed, match="cannot create the directory of /etc/sysctl.d"):
-        rig.run(reboot="allowed").converge(facts, observed, extra_calls=save)
+        rig.converge()
     blocker.unlink()
     blocker.mkdir()
-    facts, observed = observe(rig.host, rig.spec)
+    _, observed, _, _ = rig.look()
     assert observed.originals == originals.model_dump(mode="json")  # saved before any change
-    done = rig.run(reboot="allowed").converge(facts, observed)
-    assert rig.plan().empty and done.reboots == 2
-    facts, observed = observe(rig.host, rig.spec)
-    rig.run(lambda *_: originals, reboot="allowed").converge(facts, observed, finish=[
-        shell.call("vela_remove_file", ORIGINALS_FILE),
-        shell.call("vela_remove_empty_dirs", *ORIGINALS_DIRS)])
+    assert observed.files[ORIGINALS_FILE] == saved.record(originals)
+    done = rig.converge()
+    assert rig.plan().empty and done["reboots"] == 2
+    assert rig.restore() is not None  # from the record on the host alone: no outputs
     assert rig.snapshot() == before
 
 

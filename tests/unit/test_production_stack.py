@@ -8,6 +8,7 @@ schema accepts."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -19,25 +20,26 @@ from providers.gpu_vm.xml.domain import render
 from providers.gpu_vm.xml.schema import validate
 from providers.gpu_vm.xml.spec import DomainSpec
 from providers.host import LocalHost
-from providers.host_tuning.converge import observe
 from providers.host_tuning.plan import plan as host_plan
 from providers.host_tuning.preflight import preflight as host_preflight
+from providers.host_tuning.provider import observe
 from providers.host_tuning.spec import HostTuningArgs
 from providers.host_tuning.target import desired_target as host_target
 from providers.host_tuning.target import select_topology
 from providers.sriov_pool.observe import PoolObservations
-from providers.sriov_pool.plan import desired_target as pool_target
-from providers.sriov_pool.plan import find_pf, vf_address
+from providers.sriov_pool.bootunit import vf_address
 from providers.sriov_pool.plan import plan as pool_plan
-from providers.sriov_pool.plan import preflight as pool_preflight
+from providers.sriov_pool.preflight import preflight as pool_preflight
+from providers.sriov_pool.target import desired_target as pool_target
+from providers.sriov_pool.target import find_pf
 from providers.sriov_pool.spec import SriovPoolArgs
 from providers.facts import gather_facts
+from tests.support.fakekernel import firmware_standin
 from tests.support.hgx import hgx_a100
 from tests.support.program import run_program
 from tests.support.provider_harness import PROJECT_ROOT, ProviderServer
 from tests.support.recorded import recorded
 
-STANDIN = str(PROJECT_ROOT / "tests" / "support" / "standins" / "mstconfig-standin")
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +87,10 @@ def test_host_tuning_plans_against_hgx_facts(run, hgx):
     host, _, layout = hgx
     inputs = _inputs(run.by_name()["hgx-01-host"])
     # The host would have mlxconfig on PATH; the fixture has the stand-in.
-    spec = HostTuningArgs.model_validate({**inputs, "firmware": {"tool": STANDIN}})
-    facts, observed = observe(host, spec)
+    spec = HostTuningArgs.model_validate(
+        {**inputs, "firmware": {"tool": firmware_standin(Path(host.sysroot))}})
+    now = observe(host, spec)
+    facts, observed = now.facts, now.observed
     topology = select_topology(spec, facts)
     target = host_target(spec, facts, observed, topology)
     assert host_preflight(spec, facts, observed, topology, target) == []
@@ -107,7 +111,8 @@ def test_sriov_pools_and_the_vm_plan_against_hgx_facts(run, hgx, hgx_with_vfs):
         observed = PoolObservations(pf=switch.nic_pfs[0], netdev=interface, autoprobe="1")
         pf = find_pf(spec, facts, observed)
         assert pool_preflight(spec, pf) == []
-        changes = pool_plan(spec, pool_target(spec, facts, observed, pf), facts, observed, pf)
+        changes = pool_plan(spec, pool_target(spec, facts, observed, pf), facts, observed,
+                            pf).changes
         assert changes[0].kind == "autoprobe" and changes[1].kind == "vf-count"
         # Where the VF will appear once created: the PF's SR-IOV offset and stride decide.
         address = vf_address(pf, 0)

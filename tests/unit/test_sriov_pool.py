@@ -14,18 +14,11 @@ from providers.sriov_pool.observe import (
     parse_ip_link,
     paths,
 )
-from providers.sriov_pool.plan import (
-    FRESH,
-    PoolError,
-    VfTarget,
-    boot_script,
-    desired_target,
-    find_pf,
-    plan,
-    preflight,
-    settings_args,
-    vf_address,
-)
+from providers.errors import SriovPoolError
+from providers.sriov_pool.bootunit import FRESH, boot_script, settings_args, vf_address
+from providers.sriov_pool.plan import plan
+from providers.sriov_pool.preflight import preflight
+from providers.sriov_pool.target import VfTarget, desired_target, find_pf, original_target
 from providers.sriov_pool.spec import SriovPoolArgs, derived_mac
 from tests.support.recorded import recorded
 
@@ -116,12 +109,12 @@ def test_count_change_is_planned_alone(facts):
     pf = find_pf(spec, facts, observed)
     assert preflight(spec, pf) == []
     target = desired_target(spec, facts, observed, pf)
-    changes = plan(spec, target, facts, observed, pf)
+    changes = plan(spec, target, facts, observed, pf).changes
     # New VFs must not go through the NIC's VF driver on their way to vfio-pci.
     assert [change.kind for change in changes] == ["autoprobe", "vf-count", "file", "file",
                                                    "unit"]
     assert changes[1].calls == [f"vela_sriov_numvfs {PF} 4 120"]
-    script = boot_script(spec, target, facts, pf)
+    script = boot_script(spec, target, pf)
     assert "vela_bind 0000:44:10.6 vfio-pci" in script and "vela_wait_vfio" in script
     assert 'vela_vf_set "$netdev" 0 mac 02:' in script and "spoofchk" not in script
 
@@ -131,7 +124,7 @@ def test_too_many_and_no_sriov_are_preflight_errors(facts):
     assert "NUM_OF_VFS" in preflight(_spec(numVfs=8), pf)[0]
     gpu = facts.device("0000:43:00.0")
     assert "SR-IOV Support" in preflight(_spec(), gpu)[0]
-    with pytest.raises(PoolError, match="no NIC port 'enp9s0'.*enp68s0"):
+    with pytest.raises(SriovPoolError, match="no NIC port 'enp9s0'.*enp68s0"):
         find_pf(_spec(pf="enp9s0"), facts, PoolObservations())
 
 
@@ -145,10 +138,10 @@ def test_count_change_refused_while_a_domain_uses_a_vf(facts):
     observed = PoolObservations(pf=PF, netdev="enp68s0", autoprobe="0", domains={"u": xml})
     spec = _spec(numVfs=2)
     target = desired_target(spec, with_vfs, observed, pf)
-    with pytest.raises(PoolError, match=r"refusing to change the VF count.*vf-user "
+    with pytest.raises(SriovPoolError, match=r"refusing to change the VF count.*vf-user "
                                         r"\(0000:44:10.0, 0000:44:10.2\).*Nothing was changed"):
         plan(spec, target, with_vfs, observed, pf)
-    assert plan(spec, target, with_vfs, observed, pf, refuse=False)[0].kind == "vf-count"
+    assert plan(spec, target, with_vfs, observed, pf, refuse=False).changes[0].kind == "vf-count"
 
 
 def test_settings_only_where_they_differ():
@@ -173,23 +166,21 @@ def test_mtu_for_host_driver_vfs_and_the_pf(facts):
     spec = _spec(driver="host", defaults={"mtu": 9000}, pfMtu=9000, numVfs=0)
     observed = PoolObservations(pf=PF, netdev="enp68s0", autoprobe="1", mtus={"enp68s0": 1500})
     pf = find_pf(spec, facts, observed)
-    changes = plan(spec, desired_target(spec, facts, observed, pf), facts, observed, pf)
+    changes = plan(spec, desired_target(spec, facts, observed, pf), facts, observed, pf).changes
     assert changes[0].kind == "mtu" and changes[0].calls == [f"vela_mtu {PF} 9000"]
-    assert "vela_mtu" in boot_script(spec, desired_target(spec, facts, observed, pf), facts, pf)
+    assert "vela_mtu" in boot_script(spec, desired_target(spec, facts, observed, pf), pf)
 
 
 def test_a_down_pf_is_brought_up_now_and_at_boot_and_put_back_on_delete(facts):
-    from providers.sriov_pool.plan import original_target
-
     spec = _spec()
     observed = PoolObservations(pf=PF, netdev="enp68s0", autoprobe="0", pf_up=False)
     pf = find_pf(spec, facts, observed)
     target = desired_target(spec, facts, observed, pf)
-    changes = plan(spec, target, facts, observed, pf)
+    changes = plan(spec, target, facts, observed, pf).changes
     assert [(c.kind, c.calls) for c in changes if c.kind == "link"] == \
         [("link", [f"vela_link {PF} up"])]
-    assert f"vela_link {PF} up" in boot_script(spec, target, facts, pf)
+    assert f"vela_link {PF} up" in boot_script(spec, target, pf)
     original = original_target(spec, target, facts, observed, pf)
     up = PoolObservations(pf=PF, netdev="enp68s0", autoprobe="0", pf_up=True)
-    restore = plan(spec, original, facts, up, pf, refuse=False)
+    restore = plan(spec, original, facts, up, pf, refuse=False).changes
     assert [c.calls for c in restore if c.kind == "link"] == [[f"vela_link {PF} down"]]

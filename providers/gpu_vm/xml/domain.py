@@ -40,7 +40,7 @@ def _devices(spec: DomainSpec, layout: Layout) -> Element:
     element = Element("devices")
     for disk in storage.disks(spec):
         element.append(disk)
-    element.append(pci.root_controller(spec.ats_on_controllers))
+    element.append(pci.root_controller())
     tree = pci.pci_tree(layout, spec.ats_on_controllers)
     for controller in tree.controllers:
         element.append(controller)

@@ -70,6 +70,6 @@ def guest_address(parent: Element, bus_index: int) -> None:
     _address(parent, bus_index, 0)
 
 
-def root_controller(ats: bool) -> Element:
+def root_controller() -> Element:
     element = Element("controller", type="pci", index="0", model="pcie-root")
     return element

@@ -1,0 +1,133 @@
+"""Driving a host to a target: the one converge loop all three resources use.
+
+A round applies the whole plan in one remote command, reads the host again (one more) and
+plans again; rounds repeat while they make progress (a VF count change brings new VFs to set
+up). A reboot happens only when something configured waits for one, the resource's policy
+allows it, and the last reboot made progress. What is still to change at the end did not take,
+and is an error that names the host and each setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Generic, Literal, TypeVar
+
+from ..errors import VelaError
+from ..facts import parse_facts, run_gather
+from ..facts.models import HostFacts
+from ..host import Host
+from ..host.reboot import reboot_and_wait
+from . import shell
+from .plan import Plan
+
+O = TypeVar("O")  # noqa: E741 - a resource's own observations, whatever their type
+MAX_REBOOTS = 3
+APPLY_ROUNDS = 3  # per boot: a count change, then the new functions' settings, then a margin
+
+
+@dataclass
+class Snapshot(Generic[O]):
+    """Everything a planner reads: the hardware facts and the resource's own observations."""
+
+    facts: HostFacts
+    observed: O
+
+
+def look(host: Host, script: str, parse: Callable[[str], O]) -> Snapshot[O]:
+    """The facts and a resource's observations (`script`: its gather sections), in one
+    remote command."""
+    text = run_gather(host, script)
+    return Snapshot(parse_facts(host, text), parse(text))
+
+
+def apply(host: Host, calls: list[str], *, timeout: float) -> None:
+    """Run `calls` against the host's root in one remote command."""
+    host.run_script(shell.script(calls, sysroot=host.sysroot), timeout=timeout)
+
+
+@dataclass(frozen=True)
+class Round:
+    """Where a converge run is when it plans: after a reboot or not, and which apply round."""
+
+    booted: bool
+    number: int
+
+
+@dataclass
+class Outcome(Generic[O]):
+    snapshot: Snapshot[O]
+    plan: Plan
+    changes: list[str] = field(default_factory=list)
+    reboots: int = 0
+
+
+@dataclass
+class Converger(Generic[O]):
+    """One resource's converge run. `plan_for` is the resource's pure planner towards its
+    target; `reboots` is its policy ("never" for resources that take effect at once)."""
+
+    host: Host
+    look: Callable[[], Snapshot[O]]
+    plan_for: Callable[[Snapshot[O], Round], Plan]
+    error: type[VelaError]
+    apply_timeout: float
+    reboots: Literal["allowed", "never"] = "never"
+    reboot_timeout: float = 900.0
+    hints: dict[str, str] = field(default_factory=dict)  # change kind -> what to tell the user
+
+    def converge(self, snapshot: Snapshot[O], *, first: list[str] = (),
+                 finish: list[str] = ()) -> Outcome[O]:
+        """Apply `first` and the plan, reboot when needed and allowed, verify, then run
+        `finish` (clean-up that must happen only once the target is reached)."""
+        outcome = Outcome(snapshot, self.plan_for(snapshot, Round(booted=False, number=0)))
+        self._apply_rounds(outcome, list(first))
+        stalled = None  # what a reboot that had nothing to apply left pending
+        while self._reboot_wanted(outcome, stalled):
+            stalled = outcome.plan.pending if not outcome.plan.changes else None
+            reboot_and_wait(self.host, self.reboot_timeout)
+            outcome.reboots += 1
+            self._refresh(outcome, number=0)
+            self._apply_rounds(outcome, [])
+        self._verify(outcome)
+        if finish:
+            apply(self.host, list(finish), timeout=self.apply_timeout)
+        return outcome
+
+    def _apply_rounds(self, outcome: Outcome[O], first: list[str]) -> None:
+        calls = first + outcome.plan.calls
+        for number in range(1, APPLY_ROUNDS + 1):
+            if not calls:
+                return
+            made = outcome.plan.summaries()
+            apply(self.host, calls, timeout=self.apply_timeout)
+            outcome.changes += made
+            self._refresh(outcome, number=number)
+            if outcome.plan.summaries() == made:
+                return  # the same changes again: they did not take, and verify says so
+            calls = outcome.plan.calls
+
+    def _refresh(self, outcome: Outcome[O], *, number: int) -> None:
+        outcome.snapshot = self.look()
+        outcome.plan = self.plan_for(outcome.snapshot,
+                                     Round(booted=outcome.reboots > 0, number=number))
+
+    def _reboot_wanted(self, outcome: Outcome[O], stalled) -> bool:
+        current = outcome.plan
+        return bool(current.reboots_required) and self.reboots == "allowed" \
+            and outcome.reboots < MAX_REBOOTS and current.pending != stalled
+
+    def _verify(self, outcome: Outcome[O]) -> None:
+        """Anything still to change did not take. Waiting for a reboot is fine only when
+        rebooting is not allowed (the outputs report it as pending)."""
+        final = outcome.plan
+        stuck = list(final.changes)
+        if self.reboots == "never":
+            stuck = [change for change in stuck if change.effect == "runtime"]
+        problems = [change.summary() + self.hints.get(change.kind, "") for change in stuck]
+        if self.reboots == "allowed":
+            problems += [f"still pending after {outcome.reboots} reboot(s): {reason}"
+                         for reason in final.reasons()]
+        if problems:
+            raise self.error(f"{self.host.name}: these settings did not take:\n - "
+                             + "\n - ".join(problems))

@@ -1,0 +1,85 @@
+"""The domain GpuVm wants on a host: placement, XML, first-boot seed, volume. Pure.
+
+`desired_domain` places the guest (keeping the devices a defined guest already holds), checks
+the preflight, renders the domain XML from a typed spec (validated against libvirt's schema)
+and the seed with the guest tuning, and returns them as a `DomainTarget` for the planner.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from ..errors import GpuVmError
+from ..facts.models import HostFacts
+from . import guest
+from .observe import Domain, VmObservations, held_devices, paths, taken_devices
+from .placement import GIB_KIB, Layout, PlacementError, place
+from .preflight import preflight
+from .spec import GpuVmArgs
+from .xml.domain import domain as domain_xml
+from .xml.domain import render
+from .xml.schema import SchemaError, validate
+from .xml.spec import DomainSpec
+
+
+@dataclass(frozen=True)
+class DomainTarget:
+    layout: Layout
+    xml: str
+    seed: bytes  # the first-boot seed image (cloud-init NoCloud), guest tuning inside
+    topology: str  # NCCL's topology file for the guest
+
+
+def desired_domain(host_name: str, spec: GpuVmArgs, facts: HostFacts,
+                   observed: VmObservations) -> DomainTarget:
+    current = observed.domain(spec.name)
+    if current is not None and not current.ours:
+        raise GpuVmError(f"{host_name}: a domain named {spec.name!r} exists and was not made "
+                         f"by vela: choose another name")
+    layout = _place(host_name, spec, facts, observed, current)
+    element = domain_xml(domain_spec(spec, observed, current), layout)
+    try:
+        validate(element)
+    except SchemaError as exc:
+        raise GpuVmError(f"{host_name}: {exc}") from None
+    topology = guest.nccl_topology(layout, facts.cpu_vendor)
+    ids = {device.host_address: f"0x{facts.pci[device.host_address].vendor_id:04x}:"
+           f"0x{facts.pci[device.host_address].device_id:04x}" for device in layout.devices}
+    seed = guest.seed_image(spec, guest.tuning_script(spec, layout, ids, topology))
+    return DomainTarget(layout=layout, xml=render(element), seed=seed, topology=topology)
+
+
+def _place(host_name: str, spec: GpuVmArgs, facts: HostFacts, observed: VmObservations,
+           current: Domain | None) -> Layout:
+    if current is not None and isinstance(spec.gpus, int) and spec.gpus:
+        # Keep the GPUs a defined guest already has (placement is for new guests).
+        gpus = [address for address in held_devices(current)
+                if address not in {vf.address for vf in spec.vfs}]
+        if len(gpus) == spec.gpus:
+            spec = spec.model_copy(update={"gpus": gpus})
+    try:
+        layout = place(spec, facts, taken_devices(observed, spec.name))
+    except PlacementError as exc:
+        raise GpuVmError(f"{host_name}: {exc}. Nothing was changed.") from None
+    problems = preflight(spec, facts, observed, layout, new=current is None)
+    if problems:
+        raise GpuVmError(f"{host_name}: " + "; ".join(problems) + ". Nothing was changed.")
+    return layout
+
+
+def domain_spec(spec: GpuVmArgs, observed: VmObservations, current: Domain | None) -> DomainSpec:
+    where = paths(spec)
+    version = observed.libvirt_version or (0,)
+    # libvirt 9.3 added <maxphysaddr mode='passthrough' limit=...>; before it, emulate.
+    mode = "passthrough" if spec.domain_type == "kvm" and version >= (9, 3) else "emulate"
+    boot = spec.kernel_boot
+    return DomainSpec(
+        name=spec.name, uuid=current.uuid if current else str(uuid.uuid5(
+            uuid.NAMESPACE_URL, f"vela:{spec.address}:{spec.name}")),
+        domain_type=spec.domain_type, cpu_model=spec.cpu_model, phys_bits_mode=mode,
+        hugepage_kib=GIB_KIB if spec.hugepages else None, firmware=spec.firmware,
+        disk=where["disk"] if spec.image else None,
+        kernel=boot.kernel if boot else None, initrd=boot.initrd if boot else None,
+        cmdline=boot.cmdline if boot else None, seed=where["seed"], network=spec.network,
+        console_log=where["console"])
