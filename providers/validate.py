@@ -94,7 +94,5 @@ def absolute_path(value: str, what: str = "path") -> str:
 
 
 PciAddressStr = Annotated[str, AfterValidator(pci_address)]
-InterfaceName = Annotated[str, AfterValidator(interface_name)]
 UserName = Annotated[str, AfterValidator(user_name)]
 HostAddress = Annotated[str, AfterValidator(host_address)]
-AbsolutePath = Annotated[str, AfterValidator(absolute_path)]

@@ -45,10 +45,3 @@ def cmdline_params(text: str) -> list[tuple[str, str | None]]:
     """(key, value) pairs in order; a key given twice appears twice (the kernel uses the last
     for most parameters, and passes every instance to parsers that accumulate)."""
     return [(param_key(token), param_value(token)) for token in parse_cmdline(text)]
-
-
-def cmdline_value(text: str, key: str) -> str | None:
-    """The effective (last) value of `key`, None if absent or a bare flag."""
-    wanted = key.replace("-", "_")
-    values = [value for name, value in cmdline_params(text) if name == wanted]
-    return values[-1] if values else None

@@ -1,13 +1,16 @@
+# shellcheck shell=sh
 # Gather every hardware fact vela needs from a Linux host, in one exec.
 #
 # Usage: sh -s -- ROOT < gather.sh     (ROOT is "/" on a real host, a fake tree in tests)
 #
 # Prints one record per line: KIND <TAB> SUBJECT <TAB> FIELD <TAB> VALUE. Parsed by
 # providers/facts/parse.py; change both together. The caller appends its own sections (they can
-# use `emit` and `first_line`) and the end marker (`emit meta - end ok`). Reads only; writes nothing. Uses shell
-# builtins wherever it can (a real host has hundreds of PCI functions): a handful of processes
-# in all (gzip and base64 for every config space at once, two `find` runs for every sysfs link,
-# one `cat` per NUMA node), however many devices there are.
+# use `emit` and `first_line`) and the end marker (`emit meta - end ok`). Reads only; writes
+# nothing. Hosts run it with `sh` (dash on Debian), so it is POSIX sh, and the directive on the
+# first line has it checked as such. Uses shell builtins wherever it can (a real host has
+# hundreds of PCI functions): a handful of processes in all (gzip and base64 for every config
+# space at once, two `find` runs for every sysfs link, one `cat` per NUMA node), however many
+# devices there are.
 set -u
 R=${1:-/}
 R=${R%/}
@@ -24,7 +27,7 @@ first_line "$R/proc/sys/kernel/hostname"; emit host - hostname "$v"
 first_line "$R/proc/sys/kernel/osrelease"; emit host - kernel "$v"
 first_line "$R/proc/cmdline"; emit host - cmdline "$v"
 if [ -r "$R/proc/cpuinfo" ]; then
-  vendor_seen= bits_seen=
+  vendor_seen='' bits_seen=''
   while IFS= read -r line; do
     case $line in
       vendor_id*) [ -n "$vendor_seen" ] || emit host - cpu_vendor "${line#*: }"; vendor_seen=1 ;;
@@ -85,7 +88,7 @@ for dev in "$R"/sys/bus/pci/devices/*; do
     first_line "$dev/$attr"; emit pci "$addr" "$attr" "$v"
   done
   if [ -r "$dev/resource" ]; then  # BAR sizes (64-bit arithmetic, no process started)
-    bars= index=0
+    bars='' index=0
     while read -r start end _flags; do
       size=$((end - start + 1)); [ "$end" = 0x0000000000000000 ] && size=0
       [ "$index" -lt 6 ] && bars="$bars$size,"

@@ -9,7 +9,6 @@ everything past the header is reported as unknown (None), never guessed.
 
 from __future__ import annotations
 
-import re
 import struct
 
 from pydantic import BaseModel, Field
@@ -214,31 +213,3 @@ def _sriov(data: bytes, offset: int) -> SriovCap:
         vf_stride=_u16(data, offset + 0x16),
         vf_device_id=_u16(data, offset + 0x1A),
     )
-
-
-_DUMP_LINE = re.compile(r"^([0-9a-f]{2,3}): ((?:[0-9a-f]{2} ?){1,16})$")
-
-
-def parse_lspci_hex_dump(text: str) -> dict[str, bytes]:
-    """Parse `lspci -xxx`/`-xxxx` output: slot as printed -> config bytes.
-
-    Each device block starts with a line like `01:00.0 Ethernet controller: ...` and its hex
-    lines look like `a0: 00 11 ...`. Other lines (the -vvv decode) are ignored.
-    """
-    dumps: dict[str, bytearray] = {}
-    current: bytearray | None = None
-    slot = re.compile(r"^((?:[0-9a-f]{4,8}:)?[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]) ")
-    for raw in text.splitlines():
-        line = raw.rstrip()
-        header = slot.match(line)
-        if header:
-            current = dumps.setdefault(header.group(1), bytearray())
-            continue
-        match = _DUMP_LINE.match(line)
-        if match and current is not None:
-            offset = int(match.group(1), 16)
-            chunk = bytes.fromhex(match.group(2))
-            if offset != len(current):
-                raise ValueError(f"hex dump line at offset {offset:#x} follows {len(current):#x}")
-            current += chunk
-    return {key: bytes(value) for key, value in dumps.items()}

@@ -7,12 +7,13 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from lab.machine import GPU_STAND_IN, SRIOV_NIC
 from providers.facts import gather_facts
-from providers.facts.cmdline import cmdline_value
+from tests.support.kernel_cmdline import cmdline_value
 
 pytestmark = pytest.mark.slow
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,11 +38,16 @@ def test_booted_host_has_the_hgx_like_shape(lab):
     nics = [nic for nic in all_nics if facts.upstream_switch(nic.address) is not None]
     isolated = [nic for nic in all_nics if facts.upstream_switch(nic.address) is None]
     assert len(gpus) == len(nics) == len(isolated) == 2
+    # Where lab/machine.py's bus numbering puts them: the expanders' root buses 0x40 and 0x80,
+    # numbered depth first below them by the firmware.
+    assert [gpu.address for gpu in gpus] == ["0000:43:00.0", "0000:83:00.0"]
+    assert [nic.address for nic in nics] == ["0000:44:00.0", "0000:84:00.0"]
+    assert [nic.address for nic in isolated] == ["0000:45:00.0", "0000:85:00.0"]
     # The NIC on its own root port sits alone in its IOMMU group (root ports have ACS).
     for nic in isolated:
         assert [d.address for d in facts.pci.values()
                 if d.iommu_group == nic.iommu_group] == [nic.address]
-    for node, (gpu, nic) in enumerate(zip(gpus, nics)):
+    for node, (gpu, nic) in enumerate(zip(gpus, nics, strict=True)):
         switch = facts.upstream_switch(gpu.address)
         assert switch is not None and facts.upstream_switch(nic.address) == switch
         assert gpu.numa_node == nic.numa_node == node
@@ -75,8 +81,11 @@ def test_power_cycle_keeps_disk_port_and_identity(lab):
 
 def test_cli_status_ssh_and_inventory(lab):
     env = {**os.environ, "VELA_LAB_DIR": str(lab.directory)}
-    run = lambda *args: subprocess.run([sys.executable, "-m", "lab", *args], cwd=PROJECT_ROOT,
-                                       env=env, capture_output=True, text=True, timeout=120)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "lab", *args], cwd=PROJECT_ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+
     status = run("status")
     assert status.returncode == 0 and "lab-0" in status.stdout and "SSH up" in status.stdout
     ssh = run("ssh", "0", "hostname")
@@ -98,7 +107,7 @@ def test_main_job_starts_the_lab_it_targets(lab, tmp_path):
     for package in ["scripts", "providers", "components", "lab"]:
         shutil.copytree(os.path.join(PROJECT_ROOT, package), project / package,
                         ignore=shutil.ignore_patterns("__pycache__"))
-    dev = open(os.path.join(PROJECT_ROOT, "Pulumi.dev.yaml")).read()
+    dev = Path(PROJECT_ROOT, "Pulumi.dev.yaml").read_text()
     (project / "Pulumi.dev.yaml").write_text(dev.replace('vela:labHosts: "2"',
                                                          'vela:labHosts: "1"'))
     (project / ".venv").symlink_to(os.path.join(PROJECT_ROOT, ".venv"))

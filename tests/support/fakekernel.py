@@ -19,7 +19,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from providers.facts.cmdline import cmdline_value
+from tests.support.kernel_cmdline import cmdline_value
 from providers.host import LocalHost
 from providers.host.base import CommandResult
 from providers.host_tuning import grub

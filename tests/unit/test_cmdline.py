@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from providers.facts.cmdline import cmdline_params, cmdline_value, parse_cmdline
+from providers.facts.cmdline import cmdline_params, parse_cmdline
+from tests.support.kernel_cmdline import cmdline_value
 from tests.support.recorded import recorded
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from providers.facts.pciconfig import decode, parse_lspci_hex_dump
+from providers.facts.pciconfig import decode
+from tests.support.lspci_text import parse_lspci_hex_dump
 from tests.support.lspci_text import parse_lspci_verbose
 from tests.support.recorded import RECORDED, recorded, recorded_files
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import BaseModel, ValidationError
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ValidationError
 
 from providers.errors import InvalidValue
 from providers.validate import (
-    InterfaceName,
     PciAddressStr,
     absolute_path,
     host_address,
@@ -77,7 +78,7 @@ def test_hosts_users_ports():
 def test_pydantic_fields_report_the_field_and_the_fix():
     class Device(BaseModel):
         address: PciAddressStr
-        interface: InterfaceName
+        interface: Annotated[str, AfterValidator(interface_name)]
 
     assert Device(address="3b:00.0", interface="eth0").address == "0000:3b:00.0"
     with pytest.raises(ValidationError) as caught:
