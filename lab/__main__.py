@@ -15,6 +15,8 @@ import argparse
 import os
 import sys
 
+from providers.errors import VelaError
+
 from .hosts import Lab, LabError
 from .image import ImageBuildError, ensure_image
 
@@ -81,7 +83,7 @@ def _status(lab: Lab) -> None:
             try:
                 lab.ssh_host(host, connect_timeout=3.0).run(["true"], timeout=10)
                 state += ", SSH up"
-            except Exception:  # status reports; it never fails on one host
+            except (VelaError, OSError):  # status reports; it never fails on one host
                 state += ", SSH not answering"
         print(f"{host.name}  {state:<28} 127.0.0.1:{host.spec.ssh_port}  {host.host_key}")
 

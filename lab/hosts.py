@@ -6,6 +6,8 @@ State lives in one directory (default `.lab/` in the checkout):
     inventory.json        what the dev stack and the tests read (see `inventory`)
     hosts/lab-N/          disk overlay, NVRAM, seed (host key, hostname), console log, QMP
 A host keeps its disk and SSH port across reboots and power cycles; `down` removes it.
+Rebooting and waiting for a host are the product's (providers/host/reboot.py); this module adds
+what only the lab can see while it waits: QEMU exiting, and a kernel panic on the console.
 """
 
 from __future__ import annotations
@@ -18,12 +20,18 @@ import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from providers.errors import VelaError
 from providers.host import KeyFile, SshHost
-from providers.host.ssh import close_all_connections
+from providers.host.reboot import (
+    BootTimeout,
+    boot_id,
+    reboot_and_wait,
+    request_reboot,
+    wait_for_new_boot,
+)
 
 from .image import Image, cache_dir, ensure_image
 from .machine import OVMF_VARS, HostSpec, qemu_argv
@@ -34,6 +42,12 @@ KERNEL_PANIC = b"Kernel panic - not syncing"
 # TCG boots take 25-50 s alone, but 3 hosts booting on 2 busy cores have been seen to stall
 # (RCU stalls) past 420 s; a panic in this boot ends the wait early (wait_for_ssh).
 BOOT_DEADLINE = 900.0
+# Polling a booting lab host. QEMU's user network accepts a connection on the forwarded port at
+# once and only then connects to the guest (libslirp, tcp_subr.c: tcp_connect() accepts the
+# host socket, then sends the guest a SYN); while the guest has no network yet, the connection
+# just sits until the SSH banner times out. A short connect timeout keeps each such poll short.
+POLL_SECONDS = 2.0
+POLL_CONNECT_TIMEOUT = 5.0
 
 
 class LabError(RuntimeError):
@@ -81,14 +95,18 @@ class Lab:
         self._client_key()
         accel = accelerator(image, log)
         hosts = [self._host(index, image, accel) for index in range(count)]
+        started = set()
         for host in hosts:
             if not host.running():
                 log(f"{host.name}: starting ({accel}), SSH on 127.0.0.1:{host.spec.ssh_port}")
                 self._start(host)
+                started.add(host.name)
         self.write_inventory()
         if wait:
+            # One thread per host: each wait touches only its own host's connection.
             with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
-                list(pool.map(lambda host: self.wait_for_ssh(host, log=log), hosts))
+                list(pool.map(lambda host: self.wait_for_ssh(
+                    host, log=log, console_seen=0 if host.name in started else None), hosts))
         return hosts
 
     def down(self, log=print) -> None:
@@ -122,43 +140,26 @@ class Lab:
                        name=host.name, **options)
 
     def boot_id(self, host: LabHost) -> str:
-        return self.ssh_host(host).read_file("/proc/sys/kernel/random/boot_id").decode().strip()
+        return boot_id(self.ssh_host(host))
 
     def wait_for_ssh(self, host: LabHost, *, deadline: float = BOOT_DEADLINE,
-                     not_boot_id: str | None = None, log=print) -> str:
+                     not_boot_id: str | None = None, log=print,
+                     console_seen: int | None = None) -> str:
         """Wait until the host answers over SSH (in a new boot, if `not_boot_id` is given);
-        return its boot id."""
-        started = time.monotonic()
-        console_seen = self._console_size(host)  # a reboot keeps the earlier boots' output
-        last_error: Exception | None = None
-        while time.monotonic() - started < deadline:
-            if not host.running():
-                raise LabError(f"{host.name}: QEMU exited; console:\n{self.console_tail(host)}")
-            if self._panicked_since(host, console_seen):
-                # A panicked kernel never answers; say so now rather than after the deadline.
-                raise LabError(f"{host.name}: the kernel panicked while booting; console:\n"
-                               f"{self.console_tail(host)}")
-            try:
-                boot = self.ssh_host(host, connect_timeout=5.0).run(
-                    ["cat", "/proc/sys/kernel/random/boot_id"], timeout=20).text.strip()
-                if boot != not_boot_id:
-                    log(f"{host.name}: SSH ready after {time.monotonic() - started:.0f} s")
-                    return boot
-            except (VelaError, OSError) as exc:
-                last_error = exc
-            close_all_connections()
-            time.sleep(2)
-        raise LabError(f"{host.name}: no SSH within {deadline:.0f} s (last: {last_error}); "
-                       f"console:\n{self.console_tail(host)}")
+        return its boot id. `console_seen`: where this boot's console output starts (by
+        default the console's size now: a reboot keeps the earlier boots' output)."""
+        with self._watched(host, deadline, console_seen) as (ssh, check):
+            return wait_for_new_boot(ssh, not_boot_id, deadline, poll=POLL_SECONDS,
+                                     progress=log, check=check)
 
     def reboot(self, index: int, *, wait: bool = True, log=print) -> None:
-        """Reboot from inside, as an operator would (`systemctl reboot`)."""
+        """Reboot from inside, as an operator would, with the product's reboot-and-wait."""
         host = self.host(index)
-        before = self.boot_id(host)
-        self.ssh_host(host).run(["sh", "-c", "systemctl reboot >/dev/null 2>&1 &"])
-        close_all_connections()
-        if wait:
-            self.wait_for_ssh(host, not_boot_id=before, log=log)
+        if not wait:
+            request_reboot(self.ssh_host(host))
+            return
+        with self._watched(host, BOOT_DEADLINE) as (ssh, check):
+            reboot_and_wait(ssh, BOOT_DEADLINE, poll=POLL_SECONDS, progress=log, check=check)
 
     def power_cycle(self, index: int, *, wait: bool = True, log=print) -> None:
         """Cut the power and turn it back on: QEMU quits at once and starts again with the same
@@ -166,9 +167,32 @@ class Lab:
         host = self.host(index)
         self._stop(host)
         self._start(host)
-        close_all_connections()
         if wait:
-            self.wait_for_ssh(host, log=log)
+            self.wait_for_ssh(host, log=log, console_seen=0)  # _start began a new console log
+
+    @contextmanager
+    def _watched(self, host: LabHost, deadline: float, console_seen: int | None = None):
+        """What the lab adds to the product's wait (providers/host/reboot.py): an SSH handle
+        with the lab's short connect timeout, and a check that ends the wait when QEMU exits or
+        the kernel panics on the console after byte `console_seen`; a timeout becomes a
+        LabError with the console's tail."""
+        if console_seen is None:
+            console_seen = self._console_size(host)
+
+        def check() -> None:
+            if not host.running():
+                raise LabError(f"{host.name}: QEMU exited; console:\n{self.console_tail(host)}")
+            if self._panicked_since(host, console_seen):
+                # A panicked kernel never answers; say so now rather than after the deadline.
+                raise LabError(f"{host.name}: the kernel panicked while booting; console:\n"
+                               f"{self.console_tail(host)}")
+
+        try:
+            yield self.ssh_host(host, connect_timeout=POLL_CONNECT_TIMEOUT), check
+        except BootTimeout as timeout:
+            raise LabError(f"{host.name}: no SSH within {deadline:.0f} s (last: "
+                           f"{timeout.last or 'answering from the old boot'}); console:\n"
+                           f"{self.console_tail(host)}") from timeout
 
     @staticmethod
     def _console_size(host: LabHost) -> int:
@@ -211,10 +235,11 @@ class Lab:
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _client_key(self) -> None:
+    def _client_key(self) -> str:
         self.directory.mkdir(parents=True, exist_ok=True)
         if not self.key_path.exists():
             _keygen(self.key_path, "vela-lab-client")
+        return str(self.key_path)
 
     def _host(self, index: int, image: Image, accel: str) -> LabHost:
         directory = self.hosts_dir / f"lab-{index}"
@@ -253,9 +278,17 @@ class Lab:
             os.kill(pid, signal.SIGKILL)
         for _ in range(100):
             if not host.running():
-                return
+                break
             time.sleep(0.1)
-        os.kill(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        self._forget_connection(host)
+
+    def _forget_connection(self, host: LabHost) -> None:
+        """QEMU is gone and took the host's end of our SSH connection with it: drop this
+        host's pooled transport, and only this host's (others may be busy in other threads)."""
+        if self.key_path.exists():  # no key, no SshHost handle, and nothing pooled either
+            self.ssh_host(host).drop_connection()
 
 
 def _keygen(path: Path, comment: str) -> None:

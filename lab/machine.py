@@ -100,7 +100,16 @@ def _boot_disk_and_management(spec: HostSpec) -> list[str]:
 
 def _gpu_switch(spec: HostSpec, node: int) -> list[str]:
     """pxb-pcie on `node` -> root port -> switch -> (GPU stand-in, igb NIC)."""
+    # bus_nr is the number of the expander's own root bus: QEMU's pxb_bus_num() returns it
+    # (hw/pci-bridge/pci_expander_bridge.c) and the guest finds that bus at 0000:<bus_nr in
+    # hex>. The firmware numbers the buses behind its bridges upward from there, depth first
+    # (EDK2 PciBusDxe), while pcie.0's hierarchy takes the numbers below it; 0x40 apart leaves
+    # each expander 64 bus numbers. Node 0: root port 40:00.0, switch upstream port 41:00.0,
+    # downstream ports 42:00.0 and 42:01.0, GPU 43:00.0, NIC 44:00.0, second root port 40:01.0
+    # and its isolated NIC 45:00.0; node 1 the same from 0x80.
     bus_nr = 0x40 * (node + 1)
+    # Each port's (chassis, slot) must be unique: QEMU refuses a second one (-EBUSY from
+    # pcie_chassis_add_slot() in hw/pci/pcie_port.c). 4 ports per node, one chassis each.
     chassis = 10 + 4 * node
     return [
         "-device", f"pxb-pcie,id=pxb{node},bus_nr={bus_nr},numa_node={node},bus=pcie.0",

@@ -48,7 +48,7 @@ class Qmp:
         self.reader.close()
         self.socket.close()
 
-    def __enter__(self) -> "Qmp":
+    def __enter__(self) -> Qmp:
         return self
 
     def __exit__(self, *exc_info) -> None:

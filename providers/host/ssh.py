@@ -5,6 +5,8 @@ The Pulumi provider process runs up to 4 provider calls at once, often against t
 trusted keys, client key) gets one SSH transport, and every command is a new channel on it. A
 dropped connection is re-established at the next command; a command that was running when it
 dropped fails with `ConnectionLost` (whether it finished is unknown, so it is never re-run).
+`SshHost.drop_connection` closes one host's transport and no other's: what a wait for a host
+that rebooted uses, where closing the whole pool would cut every other host's commands.
 """
 
 from __future__ import annotations
@@ -39,30 +41,37 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 class _Connection:
-    """One SSH transport to one host, shared by threads and reconnected when it drops."""
+    """One SSH transport to one host, shared by threads and reconnected when it drops.
 
-    def __init__(self, host: "SshHost") -> None:
-        self._spec = host  # address, port, user, keys and timeouts; never its sysroot
+    Every handle with the same pool key shares it, but each call uses the calling handle's
+    name and connect timeout (a lab wait polling with 5 s and a provider with 15 s may share
+    one transport); address, port, user and keys are the same for all of them by the key."""
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._transport: paramiko.Transport | None = None
         self.connects = 0
         self.execs = 0
 
-    def open_channel(self) -> paramiko.Channel:
-        transport = self._live_transport()
+    def open_channel(self, spec: SshHost) -> paramiko.Channel:
+        transport = self._live_transport(spec)
         try:
-            return transport.open_session(timeout=self._spec.connect_timeout)
+            return transport.open_session(timeout=spec.connect_timeout)
         except (paramiko.SSHException, EOFError, OSError):
             # The transport died between the liveness check and the request (the host rebooted,
-            # sshd restarted, a NAT dropped us). No command was sent yet, so reconnect and retry.
+            # sshd restarted, a NAT dropped us), or it is half-open: the host went away without
+            # closing TCP (power loss, a hang, a reset until its new kernel answers with a RST),
+            # so is_active() stays true (paramiko's keepalive is sent with wait=False: nothing
+            # waits for an answer) and paramiko's Transport.open_channel raises "Timeout opening
+            # channel." after the timeout (through a proxy that froze its connections: 3.3 s
+            # with a 3 s timeout). No command was sent yet, so reconnect and retry.
             self._drop(transport)
-            transport = self._live_transport()
+            transport = self._live_transport(spec)
             try:
-                return transport.open_session(timeout=self._spec.connect_timeout)
+                return transport.open_session(timeout=spec.connect_timeout)
             except (paramiko.SSHException, EOFError, OSError) as exc:
                 self._drop(transport)
-                raise ConnectionLost(self._spec.name, f"cannot open an SSH session: {exc}")\
-                    from exc
+                raise ConnectionLost(spec.name, f"cannot open an SSH session: {exc}") from exc
 
     def drop_if_dead(self) -> None:
         with self._lock:
@@ -82,22 +91,21 @@ class _Connection:
                 transport.close()
                 self._transport = None
 
-    def _live_transport(self) -> paramiko.Transport:
+    def _live_transport(self, spec: SshHost) -> paramiko.Transport:
         with self._lock:
             if self._transport is None or not self._transport.is_active():
                 if self._transport is not None:
                     self._transport.close()
-                self._transport = self._connect()
+                self._transport = self._connect(spec)
                 self.connects += 1
             return self._transport
 
-    def _connect(self) -> paramiko.Transport:
-        spec = self._spec
+    def _connect(self, spec: SshHost) -> paramiko.Transport:
         where = f"{spec.address}:{spec.port}"
         expected = spec.host_keys.expected(spec.address, spec.port)
         try:
             sock = socket.create_connection((spec.address, spec.port), spec.connect_timeout)
-        except socket.timeout as exc:
+        except TimeoutError as exc:
             raise HostUnreachable(spec.name, (
                 f"no answer from {where} within {spec.connect_timeout:g} s: check the address, "
                 f"that the host is up and that no firewall drops SSH")) from exc
@@ -114,18 +122,19 @@ class _Connection:
                 transport.get_security_options().key_types = HostKeyCheck.algorithms(expected)
             transport.banner_timeout = spec.connect_timeout
             transport.handshake_timeout = spec.connect_timeout
-            self._handshake(transport, expected, where)
+            self._handshake(spec, transport, expected, where)
             spec.host_keys.verify(spec.name, spec.address, spec.port,
                                   transport.get_remote_server_key(), expected)
-            self._authenticate(transport)
+            self._authenticate(spec, transport)
             transport.set_keepalive(15)
             return transport
         except BaseException:
             transport.close()
             raise
 
-    def _handshake(self, transport: paramiko.Transport, expected: list, where: str) -> None:
-        spec = self._spec
+    @staticmethod
+    def _handshake(spec: SshHost, transport: paramiko.Transport, expected: list,
+                   where: str) -> None:
         try:
             transport.start_client(timeout=spec.connect_timeout)
             if not transport.is_active() or not transport.initial_kex_done:
@@ -145,8 +154,8 @@ class _Connection:
                 f"{where} did not complete an SSH handshake within {spec.connect_timeout:g} s "
                 f"({exc or type(exc).__name__}): is it an SSH server?")) from exc
 
-    def _authenticate(self, transport: paramiko.Transport) -> None:
-        spec = self._spec
+    @staticmethod
+    def _authenticate(spec: SshHost, transport: paramiko.Transport) -> None:
         keys = spec.client_key.load()
         for key in keys:
             try:
@@ -170,7 +179,9 @@ _POOL_LOCK = threading.Lock()
 
 
 def close_all_connections() -> None:
-    """Close every pooled connection of this process (tests, and the end of a program)."""
+    """Close every pooled connection of this process (tests, and the end of a program); never
+    from code that runs beside other hosts' work: it cuts their commands too. One host that went
+    away: `SshHost.drop_connection`."""
     with _POOL_LOCK:
         connections = list(_POOL.values())
         _POOL.clear()
@@ -205,12 +216,23 @@ class SshHost(Host):
         with _POOL_LOCK:
             connection = _POOL.get(self._pool_key)
             if connection is None:
-                connection = _POOL[self._pool_key] = _Connection(self)
+                connection = _POOL[self._pool_key] = _Connection()
             return connection
+
+    def drop_connection(self) -> None:
+        """Close this host's pooled transport, if there is one, so that its next command
+        connects afresh; every other host's connection is left alone. For a host known to have
+        gone away (rebooted, powered off): its old transport can look alive long after (see
+        `_Connection.open_channel`). A command running on this host over it fails with
+        `ConnectionLost`. The pool entry stays, so handles already holding it keep working."""
+        with _POOL_LOCK:
+            connection = _POOL.get(self._pool_key)
+        if connection is not None:
+            connection.close()
 
     def _execute(self, command: str, stdin: bytes | None, deadline: float) -> CommandResult:
         connection = self.connection
-        channel = connection.open_channel()
+        channel = connection.open_channel(self)
         connection.execs += 1
         try:
             channel.exec_command(command)

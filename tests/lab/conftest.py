@@ -11,7 +11,6 @@ import pytest
 
 from lab.hosts import Lab
 
-
 # What vela may change on a lab host, one line per fact: compare before and after to prove a
 # delete left the host as it found it.
 HOST_SNAPSHOT = r'''

@@ -21,20 +21,50 @@ def _devices(argv: list[str]) -> list[str]:
 
 def test_machine_shape():
     argv = qemu_argv(HostSpec(index=3, directory=Path("/lab/hosts/lab-3"), ssh_port=40022))
-    devices = _devices(argv)
-    assert "intel-iommu,intremap=on,caching-mode=on,device-iotlb=on" in devices
-    assert any(arg.startswith("q35,accel=tcg,kernel-irqchip=split") for arg in argv)
-    for node in (0, 1):
-        assert f"pxb-pcie,id=pxb{node},bus_nr={0x40 * (node + 1)},numa_node={node},bus=pcie.0" \
-            in devices
-        assert f"x3130-upstream,id=sw{node},bus=rp{node}" in devices
-        assert f"ivshmem-plain,id=gpu{node},memdev=gpumem{node},bus=sw{node}-gpu" in devices
-        assert f"igb,id=nic{node},netdev=sriov{node},bus=sw{node}-nic" in devices
-        assert any(arg.startswith(f"node,nodeid={node},cpus={node},memdev=mem{node}")
-                   for arg in argv)
+    assert argv[argv.index("-machine") + 1] == "q35,accel=tcg,kernel-irqchip=split"
+    assert argv[argv.index("-cpu") + 1] == "max,vendor=GenuineIntel"
+    assert argv[argv.index("-smp") + 1] == "2,sockets=2,cores=1,threads=1"
+    assert argv[argv.index("-m") + 1] == "8192M"  # 2 nodes of 4 GiB
+    assert [argv[i + 1] for i, arg in enumerate(argv) if arg == "-numa"] == [
+        "node,nodeid=0,cpus=0,memdev=mem0", "node,nodeid=1,cpus=1,memdev=mem1"]
+    # The expanders' bus numbers, as machine.py explains them: node 0's root bus is 0x40 = 64,
+    # node 1's 0x80 = 128 (QEMU takes bus_nr in decimal). Node 0's isolated NIC then sits at
+    # 0000:45:00.0, the port tests/lab/test_lab_host.py sees the dev stack pool
+    # (lab-0-pci-0000-45-00-0). Chassis numbers: 10-13 on node 0, 14-17 on node 1.
+    assert _devices(argv) == [
+        "intel-iommu,intremap=on,caching-mode=on,device-iotlb=on",
+        "pcie-root-port,id=rp-disk,bus=pcie.0,chassis=1,slot=1",
+        "virtio-blk-pci,drive=disk0,bus=rp-disk",
+        "pcie-root-port,id=rp-mgmt,bus=pcie.0,chassis=2,slot=2",
+        "virtio-net-pci,netdev=mgmt,bus=rp-mgmt",
+        "pxb-pcie,id=pxb0,bus_nr=64,numa_node=0,bus=pcie.0",
+        "pcie-root-port,id=rp0,bus=pxb0,chassis=10,slot=0",
+        "x3130-upstream,id=sw0,bus=rp0",
+        "xio3130-downstream,id=sw0-gpu,bus=sw0,chassis=11,slot=0",
+        "xio3130-downstream,id=sw0-nic,bus=sw0,chassis=12,slot=0",
+        "ivshmem-plain,id=gpu0,memdev=gpumem0,bus=sw0-gpu",
+        "igb,id=nic0,netdev=sriov0,bus=sw0-nic",
+        "pcie-root-port,id=rp0-nic,bus=pxb0,chassis=13,slot=0",
+        "igb,id=nic0-iso,netdev=sriov0-iso,bus=rp0-nic",
+        "pxb-pcie,id=pxb1,bus_nr=128,numa_node=1,bus=pcie.0",
+        "pcie-root-port,id=rp1,bus=pxb1,chassis=14,slot=0",
+        "x3130-upstream,id=sw1,bus=rp1",
+        "xio3130-downstream,id=sw1-gpu,bus=sw1,chassis=15,slot=0",
+        "xio3130-downstream,id=sw1-nic,bus=sw1,chassis=16,slot=0",
+        "ivshmem-plain,id=gpu1,memdev=gpumem1,bus=sw1-gpu",
+        "igb,id=nic1,netdev=sriov1,bus=sw1-nic",
+        "pcie-root-port,id=rp1-nic,bus=pxb1,chassis=17,slot=0",
+        "igb,id=nic1-iso,netdev=sriov1-iso,bus=rp1-nic",
+    ]
+    objects = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-object"]
+    assert objects == ["memory-backend-ram,id=mem0,size=4096M",
+                       "memory-backend-ram,id=mem1,size=4096M",
+                       "memory-backend-memfd,id=gpumem0,size=1024M,share=on",
+                       "memory-backend-memfd,id=gpumem1,size=1024M,share=on"]
     assert "user,id=mgmt,hostfwd=tcp:127.0.0.1:40022-:22" in argv
     assert "-no-reboot" not in argv  # a reboot from inside must reset in the same process
-    assert any("name=opt/vela/ssh_host_ed25519_key," in arg for arg in argv)
+    assert "name=opt/vela/ssh_host_ed25519_key,file=/lab/hosts/lab-3/seed/ssh_host_ed25519_key" \
+        in argv
 
 
 def test_kvm_uses_the_host_cpu():
