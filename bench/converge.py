@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.cli import CliStack  # noqa: E402
-from tests.support.ledger import read_journal  # noqa: E402
+from tests.support.cli import CliStack
+from tests.support.ledger import read_journal
 
 ROOT = Path(__file__).resolve().parents[1]
 LEDGER_PROGRAM = ROOT / "tests" / "support" / "ledger_program" / "__main__.py"

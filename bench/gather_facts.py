@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from providers.facts import gather_facts, run_gather  # noqa: E402
-from providers.host import Host, KeyFile, LocalHost, SshHost  # noqa: E402
+from providers.facts import gather_facts, run_gather
+from providers.host import Host, KeyFile, LocalHost, SshHost
 
 
 def measure(host: Host, repeat: int) -> dict:

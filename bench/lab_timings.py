@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lab.hosts import Lab, accelerator  # noqa: E402
-from lab.image import ensure_image  # noqa: E402
+from lab.hosts import Lab, accelerator
+from lab.image import ensure_image
 
 
 def timed(action) -> float:

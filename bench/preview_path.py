@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.program import base_config, lab_like_nodes, run_program  # noqa: E402
-from tests.support.provider_harness import ProviderServer  # noqa: E402
+from tests.support.program import base_config, lab_like_nodes, run_program
+from tests.support.provider_harness import ProviderServer
 
 
 def measure(count: int, server: ProviderServer) -> dict:

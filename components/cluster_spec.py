@@ -47,7 +47,7 @@ class NodeShape(_Model):
     hugepages: dict[str, Any] | None = None  # HostTuning's hugepages: {total: N} or {perNode}
 
     @model_validator(mode="after")
-    def _consistent(self) -> "NodeShape":
+    def _consistent(self) -> NodeShape:
         self.nic_ports = [_port_name(port) for port in self.nic_ports]
         if len(set(self.nic_ports)) != len(self.nic_ports):
             raise ValueError(f"nicPorts repeats a port: {self.nic_ports}")
@@ -91,7 +91,7 @@ class ClusterArgs(_Model):
     provider_shards: int = Field(default=0, ge=0, le=256)
 
     @model_validator(mode="after")
-    def _nodes(self) -> "ClusterArgs":
+    def _nodes(self) -> ClusterArgs:
         repeated = repeated_names(self.nodes)
         if repeated:
             raise ValueError(f"node names must be unique; repeated: {repeated}")

@@ -63,7 +63,7 @@ def read_config(config: pulumi.Config) -> tuple[ClusterArgs, dict[str, Any]]:
     raw["name"] = config.get("clusterName") or pulumi.get_stack()
     try:
         args = ClusterArgs.model_validate(raw)
-    except Exception as exc:  # pydantic's ValidationError, or a shape error from a validator
+    except ValueError as exc:  # pydantic's ValidationError (a ValueError): bad values, shapes
         raise ConfigError(_config_problems(exc)) from None
     secrets = {f"vela:{key}": config.get_secret(key) for key in SECRET_KEYS
                if config.get(key) is not None}
@@ -117,7 +117,7 @@ def declare(args: ClusterArgs, provider_config: dict[str, Any]) -> VelaCluster:
         cluster = VelaCluster(args.name, args, provider_config=provider_config)
         vm_names = list(cluster.vms)
         addresses = pulumi.Output.all(*[vm.addresses for vm in cluster.vms.values()]).apply(
-            lambda lists: dict(zip(vm_names, [list(a or []) for a in lists])))
+            lambda lists: dict(zip(vm_names, [list(a or []) for a in lists], strict=True)))
         pulumi.export("vmAddresses", addresses)
         pulumi.export("hostfile", addresses.apply(lambda by_vm: hostfile(by_vm, args)))
         if cluster.vms:

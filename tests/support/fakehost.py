@@ -49,8 +49,8 @@ class Function:
     device_id: int
     class_code: int
     port_type: str
-    parent: "Function | None"
-    root_complex: "RootComplex"
+    parent: Function | None
+    root_complex: RootComplex
     driver: str | None = None
     net: list[str] = field(default_factory=list)
     secondary_bus: int | None = None  # bridges only
@@ -61,8 +61,8 @@ class Function:
     sriov_vf_device: int | None = None
     sriov_offset: int = 0
     sriov_stride: int = 1
-    physfn: "Function | None" = None
-    virtfns: list["Function"] = field(default_factory=list)
+    physfn: Function | None = None
+    virtfns: list[Function] = field(default_factory=list)
     multifunction: bool = False
     iommu_group: int | None = None
     bars: list[int] = field(default_factory=list)  # BAR sizes in bytes, as `resource` shows
@@ -79,7 +79,7 @@ class Function:
     def numa_node(self) -> int:
         return self.root_complex.numa_node
 
-    def chain(self) -> list["Function"]:
+    def chain(self) -> list[Function]:
         """Bridges above this function, root port first."""
         bridges, current = [], self.parent
         while current is not None:

@@ -109,7 +109,7 @@ def _gpu_switch(host: FakeHost, index: int, bus: int, node: int, nic_vfs: int,
                         sriov_vf_device=CONNECTX6_VF,
                         ats_control=0x0000 if nic_ats else None, bars=[32 << 20])
     if nic_vfs:
-        for pf, interface in zip(pfs, interfaces):
+        for pf, interface in zip(pfs, interfaces, strict=True):
             host.add_vfs(pf, nic_vfs, driver="mlx5_core", net_prefix=interface.rsplit("np", 1)[0])
     return SwitchLayout(upstream=switch.upstream.address, numa_node=node,
                         gpus=[gpu.address for gpu in gpus],

@@ -87,7 +87,8 @@ _DUMP_LINE = re.compile(r"^([0-9a-f]{2,3}): ((?:[0-9a-f]{2} ?){1,16})$")
 
 
 def parse_lspci_hex_dump(text: str) -> dict[str, bytes]:
-    """The recorded config bytes, for the decoder's tests: parse `lspci -xxx`/`-xxxx` output: slot as printed -> config bytes.
+    """The recorded config bytes, for the decoder's tests: parse `lspci -xxx`/`-xxxx` output
+    into slot as printed -> config bytes.
 
     Each device block starts with a line like `01:00.0 Ethernet controller: ...` and its hex
     lines look like `a0: 00 11 ...`. Other lines (the -vvv decode) are ignored.

@@ -78,7 +78,7 @@ class ProviderServer:
         self.channel: grpc.Channel | None = None
         self.stub: provider_pb2_grpc.ResourceProviderStub | None = None
 
-    def __enter__(self) -> "ProviderServer":
+    def __enter__(self) -> ProviderServer:
         env = {**os.environ, "PULUMI_PROJECT": self.project, "PULUMI_STACK": self.stack}
         stderr = open(self.log, "ab") if self.log else subprocess.DEVNULL
         self.process = subprocess.Popen([sys.executable, "-u", "-m", "pulumi.dynamic"],

@@ -7,6 +7,7 @@ or restart on the same port to simulate a host going away.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -68,13 +69,14 @@ class Sshd:
                           capture_output=True).returncode != 0:
             self.config_path.write_text("\n".join(lines) + "\n")
 
-    def start(self) -> "Sshd":
+    def start(self) -> Sshd:
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
         self._write_config()
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config_path)],
-                                        stdout=log, stderr=log, start_new_session=True)
+        # sshd writes to its own copy of the descriptor; ours is closed once it has started.
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config_path)],
+                                            stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -102,10 +104,8 @@ class Sshd:
         if self.process is None:
             return
         for pid in _descendants(self.process.pid):
-            try:
+            with contextlib.suppress(ProcessLookupError):  # it ended on its own meanwhile
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
