@@ -31,7 +31,8 @@ def ssh_host(sshd):
     """A factory of SshHost objects aimed at the loopback sshd (pinned host key by default)."""
 
     def make(**overrides) -> SshHost:
-        options = dict(port=sshd.port, user=sshd.user, client_key=KeyFile(str(sshd.client_key_path)),
+        options = dict(port=sshd.port, user=sshd.user,
+                       client_key=KeyFile(str(sshd.client_key_path)),
                        pinned_host_keys=[sshd.host_key], connect_timeout=5.0)
         options.update(overrides)
         return SshHost("127.0.0.1", **options)

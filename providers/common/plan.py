@@ -9,7 +9,7 @@ any of them lives in one place.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Collection
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -75,8 +75,9 @@ class Plan(BaseModel):
 # -- planners for what several resources own ----------------------------------------------------
 
 def file_changes(wanted: dict[str, str | None], current: dict[str, str | None],
-                 mode: Callable[[str], int]) -> list[Change]:
-    """Write each file whose content differs, remove each that should be absent."""
+                 executables: Collection[str] = ()) -> list[Change]:
+    """Write each file whose content differs (mode 0755 for `executables`, else 0644), remove
+    each that should be absent."""
     changes = []
     for path, content in wanted.items():
         now = current.get(path)
@@ -88,7 +89,8 @@ def file_changes(wanted: dict[str, str | None], current: dict[str, str | None],
         else:
             changes.append(Change(kind="file", subject=path,
                                   detail="create" if now is None else "update",
-                                  calls=[shell.write_file(path, content, mode(path))]))
+                                  calls=[shell.write_file(path, content,
+                                                     0o755 if path in executables else 0o644)]))
     return changes
 
 

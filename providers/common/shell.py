@@ -14,6 +14,7 @@ import base64
 import shlex
 
 LIBRARY = r'''
+# shellcheck disable=SC2317  # a library: each script calls only the functions it needs
 set -u
 R=${VELA_ROOT:-}
 vela_fail() { echo "vela: $*" >&2; exit 1; }
@@ -26,8 +27,9 @@ vela_cfg_write() {  # ADDRESS OFFSET VALUE MASK: masked 16-bit config-space writ
   [ -n "$current" ] || vela_fail "cannot read register $2 of $1"
   new=$(( (current & ~$4) | ($3 & $4) ))
   [ "$new" -eq "$current" ] && return 0
-  bytes=$(printf '\\%03o\\%03o' $((new & 255)) $((new >> 8)))
-  printf "$bytes" | dd of="$cfg" bs=2 seek=$(($2 / 2)) count=1 conv=notrunc status=none \
+  # Little-endian, as octal escapes that printf's %b turns into bytes (POSIX: \0ddd).
+  bytes=$(printf '\\0%03o\\0%03o' $((new & 255)) $((new >> 8)))
+  printf '%b' "$bytes" | dd of="$cfg" bs=2 seek=$(($2 / 2)) count=1 conv=notrunc status=none \
     || vela_fail "cannot write register $2 of $1"
 }
 vela_bind() {  # ADDRESS DRIVER: bind to DRIVER through driver_override ("" = back to default)
@@ -115,7 +117,8 @@ vela_vf_set() {  # NETDEV INDEX SETTING VALUE...: one `ip link set NETDEV vf IND
   netdev=$1 index=$2; shift 2
   if [ -n "$R" ]; then vela_system ip link set dev "$netdev" vf "$index" "$@"; return 0; fi
   out=$(ip link set dev "$netdev" vf "$index" "$@" 2>&1) \
-    || vela_fail "VF $index of $netdev: cannot set $*: ${out:-failed} (the driver may not support it)"
+    || vela_fail "VF $index of $netdev: cannot set $*: ${out:-failed}" \
+         "(the driver may not support it)"
 }
 vela_pf_netdev() {  # PF: print the PF's network interface name (waits for the driver to bind)
   waited=0
@@ -148,7 +151,7 @@ vela_wait_vfio() {  # ADDRESS TIMEOUT: wait for the device's /dev/vfio/GROUP nod
 }
 vela_virsh() {  # ARGS...: one virsh command against the system libvirt
   if [ -n "$R" ]; then vela_system virsh "$@"; return 0; fi
-  out=$(virsh -c qemu:///system "$@" 2>&1) || vela_fail "virsh $*: $out"
+  out=$(vela_v "$@" 2>&1) || vela_fail "virsh $*: $out"
 }
 vela_firmware() {  # TOOL DEVICE NAME=VALUE...
   tool=$1 device=$2; shift 2
@@ -158,8 +161,10 @@ vela_firmware() {  # TOOL DEVICE NAME=VALUE...
 }
 vela_v() { virsh -c qemu:///system "$@"; }  # the system libvirt
 vela_vm_file() {  # PATH BASE64: a guest file written atomically, readable by QEMU
-  mkdir -p "$(dirname "$1")" && printf '%s' "$2" | base64 -d > "$1.tmp" && chmod 0644 "$1.tmp" \
-    && mv -f "$1.tmp" "$1" || vela_fail "cannot write $1"
+  if ! { mkdir -p "$(dirname "$1")" && printf '%s' "$2" | base64 -d > "$1.tmp" \
+         && chmod 0644 "$1.tmp" && mv -f "$1.tmp" "$1"; }; then
+    vela_fail "cannot write $1"
+  fi
 }
 vela_vm_disk() {  # BASE FORMAT DISK SIZE: a copy-on-write volume on the base image
   mkdir -p "$(dirname "$3")"
@@ -169,7 +174,8 @@ vela_vm_disk() {  # BASE FORMAT DISK SIZE: a copy-on-write volume on the base im
 vela_vm_define() {  # NAME XML_BASE64: define, validated by the host's own libvirt schema
   xml="/run/vela-domain-$1.xml"
   printf '%s' "$2" | base64 -d > "$xml"
-  out=$(vela_v define --validate "$xml" 2>&1) || { rm -f "$xml"; vela_fail "virsh define $1: $out"; }
+  out=$(vela_v define --validate "$xml" 2>&1) \
+    || { rm -f "$xml"; vela_fail "virsh define $1: $out"; }
   rm -f "$xml"
 }
 vela_vm_stop() {  # NAME TIMEOUT: graceful shutdown with a deadline, then power off
@@ -221,8 +227,12 @@ def call(function: str, *args: object) -> str:
 
 
 def assign(name: str, value: object) -> str:
-    """`name=value`, the value quoted."""
-    return f"{_identifier(name)}={quote(value)}"
+    """`name='value'`: quoted even where a word needs no quotes, so that no reader (or
+    shellcheck, SC2100) takes `pool-a` for arithmetic."""
+    word = quote(value)
+    if not word.startswith(("'", '"')):
+        word = f"'{word}'"  # nothing in it needs escaping: quote() left it bare
+    return f"{_identifier(name)}={word}"
 
 
 def capture(name: str, function: str, *args: object) -> str:

@@ -147,6 +147,6 @@ class HostFacts(BaseModel):
         """The bridges a peer-to-peer transfer between two functions crosses (both sides up to
         and including their lowest common bridge), in address order."""
         up_first, up_second = self.device(first).upstream, self.device(second).upstream
-        common = [a for a, b in zip(up_first, up_second) if a == b]
+        common = [a for a, b in zip(up_first, up_second, strict=False) if a == b]
         lowest = common[-1:]
         return sorted(set(up_first[len(common):]) | set(up_second[len(common):]) | set(lowest))

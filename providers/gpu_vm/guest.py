@@ -44,6 +44,7 @@ pcie_cap() {  # ADDRESS: offset of the PCI Express capability, walking the capab
   cfg=/sys/bus/pci/devices/$1/config
   ptr=$(od -An -tu1 -j 52 -N 1 "$cfg" | tr -d ' ')
   while [ -n "$ptr" ] && [ "$ptr" -ge 64 ]; do
+    # shellcheck disable=SC2046  # two numbers (capability id, next pointer), split on purpose
     set -- $(od -An -tu1 -j "$ptr" -N 2 "$cfg")
     [ "$1" = 16 ] && { echo "$ptr"; return 0; }
     ptr=$2
@@ -57,9 +58,15 @@ mrrs_4096() {  # ADDRESS: Max Read Request 4096 (Device Control 14:12 = 101b), a
   cur=$(od -An -tu2 -j "$off" -N 2 "$cfg" | tr -d ' ')
   new=$(( (cur & ~28672) | 20480 ))
   [ "$new" -eq "$cur" ] && return 0
-  printf "$(printf '\\%03o\\%03o' $((new & 255)) $((new >> 8)))" | \
-    dd of="$cfg" bs=2 seek=$((off / 2)) count=1 conv=notrunc 2>/dev/null \
-    && log "$1: Max Read Request 4096" || log "$1: cannot set Max Read Request"
+  # The format is the two octal escapes just built from numbers (busybox's printf knows them
+  # in the format; its %b is not relied on).
+  # shellcheck disable=SC2059
+  if printf "$(printf '\\%03o\\%03o' $((new & 255)) $((new >> 8)))" | \
+      dd of="$cfg" bs=2 seek=$((off / 2)) count=1 conv=notrunc 2>/dev/null; then
+    log "$1: Max Read Request 4096"
+  else
+    log "$1: cannot set Max Read Request"
+  fi
 }
 for dev in /sys/bus/pci/devices/*; do
   ids="$(cat "$dev/vendor" 2>/dev/null):$(cat "$dev/device" 2>/dev/null)"
@@ -71,14 +78,13 @@ for dev in /sys/bus/pci/devices/*; do
         name=${net##*/}
         # Separately: a VF's MTU needs its PF's consent over the mailbox; the queue does not.
         # `qlen`: the spelling both iproute2 and busybox's ip accept.
-        out=$(ip link set dev "$name" qlen 10000 2>&1) \
-          && log "$name: txqueuelen 10000" || log "$name: cannot set txqueuelen: $out"
-        out=$(ip link set dev "$name" mtu "$MTU" 2>&1) \
-          && log "$name: mtu $MTU" || log "$name: cannot set mtu $MTU: $out"
-        if command -v ethtool > /dev/null 2>&1; then
-          ethtool -G "$name" rx 8192 tx 8192 2>/dev/null && log "$name: rings 8192" \
-            || log "$name: ring sizes not changeable"
-        fi
+        if out=$(ip link set dev "$name" qlen 10000 2>&1); then log "$name: txqueuelen 10000"
+        else log "$name: cannot set txqueuelen: $out"; fi
+        if out=$(ip link set dev "$name" mtu "$MTU" 2>&1); then log "$name: mtu $MTU"
+        else log "$name: cannot set mtu $MTU: $out"; fi
+        if ! command -v ethtool > /dev/null 2>&1; then :
+        elif ethtool -G "$name" rx 8192 tx 8192 2>/dev/null; then log "$name: rings 8192"
+        else log "$name: ring sizes not changeable"; fi
       done ;;
   esac
 done

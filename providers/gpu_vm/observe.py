@@ -20,10 +20,11 @@ from .xml.domain import VELA_NS
 VOLUMES = "/var/lib/libvirt/images/vela"
 
 _SCRIPT = r'''
-# -- GpuVm observations -----------------------------------------------------------------------------
+# -- GpuVm observations ---------------------------------------------------------------------
 if [ -z "$R" ] && command -v virsh > /dev/null 2>&1; then
   V="virsh -c qemu:///system"
-  emit libvirt - version "$($V version --daemon 2>/dev/null | sed -n 's/^Running against daemon: *//p')"
+  emit libvirt - version \
+    "$($V version --daemon 2>/dev/null | sed -n 's/^Running against daemon: *//p')"
   for uuid in $($V -q list --all --uuid 2>/dev/null); do
     emit domain "$uuid" xml "$($V dumpxml "$uuid" | base64 -w0)"
     emit domain "$uuid" state "$($V domstate "$uuid" 2>/dev/null | head -n 1)"
@@ -31,7 +32,8 @@ if [ -z "$R" ] && command -v virsh > /dev/null 2>&1; then
   if $V dominfo "$VM_NAME" > /dev/null 2>&1; then
     emit vm - addresses "$($V domifaddr "$VM_NAME" --source lease 2>/dev/null | base64 -w0)"
   fi
-  emit network "$VM_NETWORK" active "$($V net-info "$VM_NETWORK" 2>/dev/null | sed -n 's/^Active: *//p')"
+  emit network "$VM_NETWORK" active \
+    "$($V net-info "$VM_NETWORK" 2>/dev/null | sed -n 's/^Active: *//p')"
 fi
 while read -r _source target type options _rest; do
   [ "$type" = hugetlbfs ] && emit mount "$target" options "$options"
@@ -178,8 +180,8 @@ def owned_fields(xml: str) -> dict:
         "devices": sorted(libvirt.passthrough_addresses(root)),
         "macs": sorted(mac.get("address") for mac in
                        root.iterfind("devices/interface[@type='hostdev']/mac")),
-        "expanders": sorted((c.findtext("target/node"), c.find("target").get("busNr"))
-                            for c in root.iterfind("devices/controller[@model='pcie-expander-bus']")),
+        "expanders": sorted((c.findtext("target/node"), c.find("target").get("busNr")) for c
+                            in root.iterfind("devices/controller[@model='pcie-expander-bus']")),
         "switches": len(root.findall("devices/controller[@model='pcie-switch-upstream-port']")),
         "kernel": (root.findtext("os/kernel"), root.findtext("os/initrd"),
                    root.findtext("os/cmdline")),

@@ -20,8 +20,8 @@ import math
 
 from pydantic import BaseModel, Field
 
-from ..facts.models import HostFacts, PciDevice
 from ..common.selectors import matches
+from ..facts.models import HostFacts, PciDevice
 from .spec import GpuVmArgs
 
 GIB_KIB = 1024 * 1024

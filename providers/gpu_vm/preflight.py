@@ -27,9 +27,8 @@ def preflight(spec: GpuVmArgs, facts: HostFacts, observed: VmObservations, layou
                 if needed > free:
                     problems.append(f"host NUMA node {cell.host_node} has {free} free 1 GiB huge "
                                     f"page(s); guest cell {cell.id} needs {needed}")
-    if spec.image:
-        if observed.image_format is None:
-            problems.append(f"no readable base image at {spec.image.path}")
+    if spec.image and observed.image_format is None:
+        problems.append(f"no readable base image at {spec.image.path}")
     if spec.kernel_boot:
         for path in (spec.kernel_boot.kernel, spec.kernel_boot.initrd):
             if path not in observed.present:

@@ -13,17 +13,16 @@ from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     ConfigDict,
     Field,
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
 
+from ..common.inputs import Inputs
+from ..common.selectors import DeviceSelector
 from ..host.keys import parse_public_key
 from ..host.target import SshTarget
-from ..common.selectors import DeviceSelector
 from ..validate import absolute_path, pci_address, user_name
 
 _DOMAIN_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -55,26 +54,22 @@ SshPublicKey = Annotated[str, AfterValidator(_ssh_key)]
 Address = Annotated[str, AfterValidator(pci_address)]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
-
-
-class VfRef(_Model):
+class VfRef(Inputs):
     """A VF as SriovPool reports it (its `vfs` output); only the address is required."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True, alias_generator=to_camel)
+    model_config = ConfigDict(extra="ignore")
     address: Address
     mac: str | None = None
 
 
-class Image(_Model):
+class Image(Inputs):
     """A base disk image already on the host (qcow2 or raw), copied on write per guest."""
 
     path: HostPath
     size_gib: int = Field(default=32, ge=1, le=65536)
 
 
-class KernelBoot(_Model):
+class KernelBoot(Inputs):
     """Boot a kernel and an initramfs directly (the lab's minimal guests)."""
 
     kernel: HostPath
@@ -90,7 +85,7 @@ class KernelBoot(_Model):
         return value
 
 
-class Guest(_Model):
+class Guest(Inputs):
     """First-boot configuration: who can log in, and the recipe's guest OS tuning."""
 
     user: str = "vela"
@@ -105,8 +100,6 @@ class Guest(_Model):
 
 
 class GpuVmArgs(SshTarget):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
-
     name: DomainName
     vcpus: int | None = Field(default=None, ge=1, le=1024)
     memory_gib: int | None = Field(default=None, ge=1, le=16384)
@@ -141,7 +134,7 @@ class GpuVmArgs(SshTarget):
         return _domain_name(value)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "GpuVmArgs":
+    def _consistent(self) -> GpuVmArgs:
         if (self.image is None) == (self.kernel_boot is None):
             raise ValueError("give either image (a disk image on the host) or kernelBoot "
                              "(kernel and initrd), not both or neither")

@@ -129,7 +129,7 @@ class Host(ABC):
     def _execute(self, command: str, stdin: bytes | None, deadline: float) -> CommandResult:
         """Run one shell command line and collect its result, giving up after `deadline` s."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: most hosts hold nothing to release
         """Release what this host holds (nothing by default)."""
 
     def __repr__(self) -> str:

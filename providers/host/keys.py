@@ -231,7 +231,8 @@ class HostKeyCheck:
             f"HOST KEY CHANGED, refusing to connect: {known_hosts_name(address, port)} offered "
             f"{offered.get_name()} {fingerprint(offered)}, but the key {self.source()} is {known}. "
             f"Either the host was reinstalled or someone is intercepting the connection. Only if "
-            f"you have verified a reinstall, replace the pinned key with '{pin}'. Nothing was run."))
+            f"you have verified a reinstall, replace the pinned key with '{pin}'. Nothing was "
+            f"run."))
 
 
 def _file_stem(key: paramiko.PKey) -> str:

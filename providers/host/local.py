@@ -32,5 +32,5 @@ class LocalHost(Host):
             stdout, stderr = process.communicate()
             raise CommandTimeout(self.name, command, -1, stdout.decode(errors="replace"),
                                  stderr.decode(errors="replace"),
-                                 reason=f"did not return within {deadline:g} s")
+                                 reason=f"did not return within {deadline:g} s") from None
         return CommandResult(command, process.returncode, stdout, stderr)

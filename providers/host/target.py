@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BeforeValidator
 
+from ..common.inputs import Inputs
 from ..validate import HostAddress, UserName, port_number
 from .keys import ClientKey, parse_public_key
 from .ssh import SshHost
@@ -25,13 +26,11 @@ Port = Annotated[int, BeforeValidator(port_number)]
 PublicKeyLine = Annotated[str, AfterValidator(_public_key_line)]
 
 
-class SshTarget(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
+class SshTarget(Inputs):
     address: HostAddress
     port: Port = 22
     user: UserName = "root"
-    host_key: PublicKeyLine = Field(alias="hostKey")
+    host_key: PublicKeyLine
 
     def connect(self, client_key: ClientKey, *, sysroot: str = "/",
                 name: str | None = None, **options: Any) -> SshHost:

@@ -34,7 +34,7 @@ WantedBy=multi-user.target
 """
 
 
-def boot_calls(target: "Target") -> list[str]:
+def boot_calls(target: Target) -> list[str]:
     calls = []
     if target.hugepages_kib is not None and target.hugepages_total is None:
         calls += [shell.call("vela_hugepages", node, target.hugepages_kib, count)
@@ -47,7 +47,7 @@ def boot_calls(target: "Target") -> list[str]:
     return calls
 
 
-def files(target: "Target") -> dict[str, str | None]:
+def files(target: Target) -> dict[str, str | None]:
     """The boot script and unit for `target` (both absent when there is nothing to re-apply)."""
     calls = boot_calls(target)
     if not calls:

@@ -149,8 +149,8 @@ def _param_line(line: str, columns: list[str]) -> Param | None:
             columns = ["Next Boot"]
         else:
             raise FirmwareOutputError(f"{name}: {len(values)} values for columns {columns}")
-    param = Param(name=name, modified=modified, text=dict(zip(columns, values)))
-    for column, value in zip(columns, values):
+    param = Param(name=name, modified=modified, text=dict(zip(columns, values, strict=True)))
+    for column, value in zip(columns, values, strict=True):
         number = parse_value(value)
         if column == "Default":
             param.default = number

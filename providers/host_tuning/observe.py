@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from ..common import originals, shell
 from ..common.records import decoded, records
-from .firmware import FirmwareDevice, FirmwareOutputError, parse_query
 from ..common.selectors import PRESETS
+from .firmware import FirmwareDevice, FirmwareOutputError, parse_query
 from .spec import HostTuningArgs
 
 GRUB_DEFAULTS = "/etc/default/grub"
@@ -53,7 +53,7 @@ observe_firmware() {  # TOOL BDF: the tool's query of one device (none without a
 observe_firmware_matching() {  # TOOL VENDOR DEVICE|*: function 0 of each matching device
   [ -n "$1" ] || return 0
   for dev in "$R"/sys/bus/pci/devices/*.0; do
-    [ -e "$dev" ] && [ ! -e "$dev/physfn" ] || continue
+    if [ ! -e "$dev" ] || [ -e "$dev/physfn" ]; then continue; fi
     first_line "$dev/vendor"; [ "$v" = "0x$2" ] || continue
     first_line "$dev/device"; [ "$3" = "*" ] || [ "$v" = "0x$3" ] || continue
     observe_firmware "$1" "${dev##*/}"
@@ -66,7 +66,8 @@ if [ -r "$R/proc/modules" ]; then
   done < "$R/proc/modules"
 fi
 if command -v grubby > /dev/null 2>&1 && [ "$R" = "" ]; then
-  emit grubby - args "$(grubby --info=DEFAULT 2>/dev/null | sed -n 's/^args="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p')"
+  emit grubby - args "$(grubby --info=DEFAULT 2>/dev/null \
+    | sed -n 's/^args="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p')"
 fi
 '''
 

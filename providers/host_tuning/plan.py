@@ -32,7 +32,7 @@ from .target import GRUBBY, Target
 
 def plan(target: Target, facts: HostFacts, observed: Observations) -> Plan:
     result = Plan()
-    result.changes += file_changes(target.files, observed.files, _file_mode)
+    result.changes += file_changes(target.files, observed.files, [BOOT_SCRIPT])
     result.changes += unit_changes(UNIT_NAME, target.unit_enabled, observed.unit_enabled)
     _sysctls(target, observed, result)
     _drivers(target, facts, result)
@@ -45,10 +45,6 @@ def plan(target: Target, facts: HostFacts, observed: Observations) -> Plan:
                                                for change in result.changes)
     result.reboots_required = 2 if deferred else (1 if needs_reboot else 0)
     return result
-
-
-def _file_mode(path: str) -> int:
-    return 0o755 if path == BOOT_SCRIPT else 0o644
 
 
 def _sysctls(target: Target, observed: Observations, result: Plan) -> None:

@@ -26,7 +26,13 @@ from ..common.dynamic import HostResourceProvider
 from ..errors import HostTuningError
 from ..facts.models import HostFacts
 from ..host import Host
-from .observe import ORIGINALS_DIRS, ORIGINALS_FILE, Observations, observe_script, parse_observations
+from .observe import (
+    ORIGINALS_DIRS,
+    ORIGINALS_FILE,
+    Observations,
+    observe_script,
+    parse_observations,
+)
 from .plan import Plan, plan, plan_round
 from .preflight import preflight
 from .spec import HostTuningArgs

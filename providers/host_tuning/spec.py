@@ -13,14 +13,12 @@ from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
 
+from ..common.inputs import Inputs
 from ..common.selectors import DeviceSelector
 from ..host.target import SshTarget
 from ..validate import absolute_path
@@ -29,11 +27,7 @@ _SYSCTL = re.compile(r"^[a-z0-9_]+(?:[./][a-z0-9_-]+)+$")
 _FIRMWARE_PARAM = re.compile(r"^[A-Z][A-Z0-9_]{1,63}$")
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
-
-
-class HugePages(_Model):
+class HugePages(Inputs):
     """Huge pages to reserve: a total (the kernel spreads it over the nodes) or per NUMA node."""
 
     size: Literal["1G", "2M"] = "1G"
@@ -41,7 +35,7 @@ class HugePages(_Model):
     per_node: dict[int, Annotated[int, Field(ge=0, le=65536)]] | None = None
 
     @model_validator(mode="after")
-    def _one_form(self) -> "HugePages":
+    def _one_form(self) -> HugePages:
         if (self.total is None) == (self.per_node is None):
             raise ValueError("give either total or perNode (for example total: 16, or "
                              "perNode: {0: 8, 1: 8})")
@@ -52,7 +46,7 @@ class HugePages(_Model):
         return 1048576 if self.size == "1G" else 2048
 
 
-class Firmware(_Model):
+class Firmware(Inputs):
     """ConnectX firmware settings (mlxconfig or mstconfig)."""
 
     enabled: bool | None = None  # None: for the selected NICs made by Mellanox/NVIDIA
@@ -87,8 +81,6 @@ def _sysctls(value: dict[str, str]) -> dict[str, str]:
 
 class HostTuningArgs(SshTarget):
     """Everything HostTuning does to one host; each setting defaults to the recipe."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
 
     mode: Literal["vm", "baremetal"] = "vm"
     iommu_passthrough: bool = True

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from ..common.registers import Register, ats_enable, current_register, max_read_request
+from ..common.selectors import matches
 from ..facts.cmdline import param_key, parse_cmdline
 from ..facts.models import HostFacts, PciDevice
 from . import bootunit, grub
@@ -26,7 +27,6 @@ from .observe import (
     SYSCTL_CONF,
     Observations,
 )
-from ..common.selectors import matches
 from .spec import HostTuningArgs
 
 ACS_MASK = 0x007F  # every defined ACS control bit
@@ -92,7 +92,8 @@ def select_topology(spec: HostTuningArgs, facts: HostFacts) -> Topology:
     if not chosen:
         raise SelectionError(f"no device on this host matches gpuSelector={spec.gpu_selector}; "
                              f"found: {_inventory(facts)}")
-    nics = [device for device in _selected(spec.nic_selector, facts) if not device.is_virtual_function]
+    nics = [device for device in _selected(spec.nic_selector, facts)
+            if not device.is_virtual_function]
     # GPUs are what was selected minus bridge-class devices (NVSwitch: passed through whole,
     # never paired with a NIC). The lab's GPU stand-in is a memory-class device.
     gpus = [device for device in chosen if device.base_class != CLASS_BRIDGE]

@@ -26,7 +26,8 @@ if [ -n "$pfaddr" ] && [ -d "$R/sys/bus/pci/devices/$pfaddr" ]; then
   for entry in "$R/sys/bus/pci/devices/$pfaddr"/net/*; do
     [ -e "$entry" ] && netdev=${entry##*/} && emit pool - netdev "$netdev"
   done
-  for entry in "$R/sys/bus/pci/devices/$pfaddr"/net/* "$R/sys/bus/pci/devices/$pfaddr"/virtfn*/net/*; do
+  pfdir=$R/sys/bus/pci/devices/$pfaddr
+  for entry in "$pfdir"/net/* "$pfdir"/virtfn*/net/*; do
     [ -e "$entry/mtu" ] || continue
     first_line "$entry/mtu"; emit mtu "${entry##*/}" value "$v"
   done
@@ -35,12 +36,14 @@ if [ -z "$R" ]; then
   [ -n "$netdev" ] && emit pool - iplink "$(ip -j -d link show dev "$netdev" | base64 -w0)"
   for node in /dev/vfio/*; do [ -c "$node" ] && emit vfio "${node##*/}" present -; done
   if command -v virsh > /dev/null 2>&1; then
-    for uuid in $(virsh -c qemu:///system -q list --all --uuid 2>/dev/null); do
-      emit domain "$uuid" xml "$(virsh -c qemu:///system dumpxml "$uuid" | base64 -w0)"
+    V="virsh -c qemu:///system"
+    for uuid in $($V -q list --all --uuid 2>/dev/null); do
+      emit domain "$uuid" xml "$($V dumpxml "$uuid" | base64 -w0)"
     done
-    if [ -n "$POOL_NETWORK" ] && virsh -c qemu:///system net-info "$POOL_NETWORK" > /dev/null 2>&1; then
-      emit network "$POOL_NETWORK" info "$(virsh -c qemu:///system net-info "$POOL_NETWORK" | base64 -w0)"
-      emit network "$POOL_NETWORK" xml "$(virsh -c qemu:///system net-dumpxml --inactive "$POOL_NETWORK" | base64 -w0)"
+    if [ -n "$POOL_NETWORK" ] && $V net-info "$POOL_NETWORK" > /dev/null 2>&1; then
+      emit network "$POOL_NETWORK" info "$($V net-info "$POOL_NETWORK" | base64 -w0)"
+      emit network "$POOL_NETWORK" xml \
+        "$($V net-dumpxml --inactive "$POOL_NETWORK" | base64 -w0)"
     fi
   fi
 fi

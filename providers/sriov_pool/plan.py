@@ -62,9 +62,9 @@ def _refuse_if_in_use(facts: HostFacts, observed: PoolObservations, pf: PciDevic
     users = domains_using(observed.domains, addresses, network)
     if users:
         listing = "; ".join(f"{name} ({', '.join(held)})" for name, held in sorted(users.items()))
-        raise SriovPoolError(f"refusing to change the VF count of {pf.address}: libvirt domains use "
-                        f"its VFs: {listing}. Shut down and undefine them (or remove the VFs "
-                        f"from them) first. Nothing was changed.")
+        raise SriovPoolError(f"refusing to change the VF count of {pf.address}: libvirt domains "
+                             f"use its VFs: {listing}. Shut down and undefine them (or remove "
+                             f"the VFs from them) first. Nothing was changed.")
 
 
 def _vf_settings(target: PoolTarget, facts: HostFacts, observed: PoolObservations,
@@ -77,8 +77,8 @@ def _vf_settings(target: PoolTarget, facts: HostFacts, observed: PoolObservation
         args = settings_args(wanted, state)
         if args:
             if not netdev:
-                raise SriovPoolError(f"{pf.address} has no network interface to set VF {index} "
-                                f"through (is its driver loaded?)")
+                raise SriovPoolError(f"{pf.address} has no network interface to set VF "
+                                     f"{index} through (is its driver loaded?)")
             changes.append(Change(kind="vf", subject=f"{pf.address} vf {index}",
                                   detail=" ".join(" ".join(arg) for arg in args),
                                   calls=[shell.call("vela_vf_set", netdev, index, *arg)
@@ -142,6 +142,5 @@ def _normal(xml: str) -> str:
 
 
 def _files(target: PoolTarget, observed: PoolObservations, spec: SriovPoolArgs) -> list[Change]:
-    mode = (lambda path: 0o755 if path == paths(spec)["script"] else 0o644)
-    return file_changes(target.files, observed.files, mode) + unit_changes(
+    return file_changes(target.files, observed.files, [paths(spec)["script"]]) + unit_changes(
         unit_name(spec), target.unit_enabled, paths(spec)["link"] in observed.links)

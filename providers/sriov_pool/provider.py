@@ -2,9 +2,10 @@
 
 parse inputs -> gather facts and observations (one remote command) -> find the PF -> preflight
 -> plan (pure) -> apply (one remote command) -> gather again -> plan again (after a count change
-the new VFs get their settings) -> verify: the shared converge loop of `providers.common`. A boot unit re-creates the VFs with the same settings
-at every boot. Delete returns the PF to the VF count and settings it had, through the same
-planner; the originals are saved on the host before the first change and in the outputs.
+the new VFs get their settings) -> verify: the shared converge loop of `providers.common`. A
+boot unit re-creates the VFs with the same settings at every boot. Delete returns the PF to the
+VF count and settings it had, through the same planner; the originals are saved on the host
+before the first change and in the outputs.
 """
 
 from __future__ import annotations

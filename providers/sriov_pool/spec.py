@@ -14,14 +14,13 @@ from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     ConfigDict,
     Field,
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
 
+from ..common.inputs import Inputs
 from ..host.target import SshTarget
 from ..validate import interface_name, pci_address
 
@@ -65,11 +64,7 @@ Mac = Annotated[str, AfterValidator(_mac)]
 Name = Annotated[str, AfterValidator(_name)]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
-
-
-class VfSettings(_Model):
+class VfSettings(Inputs):
     """Settings of one VF (or of all, as the pool's defaults)."""
 
     mac: Mac | None = None
@@ -85,17 +80,17 @@ class VfOverride(VfSettings):
     index: int = Field(ge=0, le=255)
 
 
-class Network(_Model):
+class Network(Inputs):
     """A libvirt network handing out the pool's VFs (`<forward mode='hostdev'>`)."""
 
     name: Name
     autostart: bool = True
 
 
-class NicInfo(BaseModel):
+class NicInfo(Inputs):
     """One NIC physical function as HostTuning reports it (its `nics` output)."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True, alias_generator=to_camel)
+    model_config = ConfigDict(extra="ignore")
 
     address: str
     interfaces: list[str] = Field(default_factory=list)
@@ -103,8 +98,6 @@ class NicInfo(BaseModel):
 
 
 class SriovPoolArgs(SshTarget):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
-
     pf: PfRef
     num_vfs: int = Field(ge=0, le=256)
     mode: Literal["vm", "baremetal"] = "vm"
@@ -133,7 +126,7 @@ class SriovPoolArgs(SshTarget):
         return value
 
     @model_validator(mode="after")
-    def _known_port(self) -> "SriovPoolArgs":
+    def _known_port(self) -> SriovPoolArgs:
         if self.nic_inventory is None:
             return self
         nic = next((nic for nic in self.nic_inventory
@@ -147,14 +140,14 @@ class SriovPoolArgs(SshTarget):
         return self
 
     @model_validator(mode="after")
-    def _mtu_needs_the_host_driver(self) -> "SriovPoolArgs":
+    def _mtu_needs_the_host_driver(self) -> SriovPoolArgs:
         if self.driver == "vfio-pci" and (self.defaults.mtu or any(o.mtu for o in self.overrides)):
             raise ValueError("mtu applies to VFs on the NIC's own VF driver (driver: host); a "
                              "vfio-pci VF's MTU is set by its guest (GpuVm's guest tuning)")
         return self
 
     @model_validator(mode="after")
-    def _in_range(self) -> "SriovPoolArgs":
+    def _in_range(self) -> SriovPoolArgs:
         outside = [override.index for override in self.overrides
                    if override.index >= self.num_vfs]
         if outside:

@@ -36,7 +36,7 @@ class Stack:
         self.cli = CliStack(tmp_path, "test", program=_ledger_program,
                             packages=["providers", "tests"])
 
-    def set(self, entries: list[dict], **extra: str) -> "Stack":
+    def set(self, entries: list[dict], **extra: str) -> Stack:
         self.cli.configure({"vela:entries": json.dumps(entries),
                            "vela:ledgerDir": str(self.ledger), "vela:token": TOKEN, **extra},
                            secret_keys=("vela:token",))

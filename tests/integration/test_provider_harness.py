@@ -65,9 +65,9 @@ def test_concurrent_calls_share_one_ssh_connection(server, probe_inputs, sshd, h
 def test_errors_reach_the_user_as_one_clear_line(sshd, probe_inputs, tmp_path):
     """What the engine shows the user is the gRPC error's details: for a vela error, its message
     and nothing else (no Python traceback)."""
-    with ProviderServer(config={}, log=tmp_path / "provider.log") as server:
-        with pytest.raises(ProviderCallError) as caught:
-            server.create("node0", probe_inputs)
+    with ProviderServer(config={}, log=tmp_path / "provider.log") as server, \
+            pytest.raises(ProviderCallError) as caught:
+        server.create("node0", probe_inputs)
     assert caught.value.details == "no SSH key: set it with `pulumi config set --secret " \
         "sshPrivateKey < ~/.ssh/id_ed25519`"
     assert not caught.value.traceback

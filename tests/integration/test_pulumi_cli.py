@@ -118,8 +118,8 @@ done
 echo "domains $(virsh -q list --all --name | xargs)"
 for name in $(virsh -q list --all --name); do
   echo "state $name $(virsh domstate "$name")"
-  virsh dumpxml "$name" | sed -n '/<source>/,/<\/source>/p' | grep -o "bus=.*function='0x[0-9a-f]'" \
-    | sed "s/^/hostdev $name /"
+  virsh dumpxml "$name" | sed -n '/<source>/,/<\/source>/p' \
+    | grep -o "bus=.*function='0x[0-9a-f]'" | sed "s/^/hostdev $name /"
 done
 echo "boot $(cat /proc/sys/kernel/random/boot_id)"
 '''
@@ -198,7 +198,8 @@ def assert_secret_free(stack: CliStack, private_key: str) -> None:
 
 @pytest.mark.slow
 def test_the_dev_stack_on_the_lab(lab, tmp_path):
-    hosts, pristine = (list(pair) for pair in zip(*(add_host(lab, i) for i in range(2))))
+    added = [add_host(lab, index) for index in range(2)]
+    hosts, pristine = (list(pair) for pair in zip(*added, strict=True))
     names = [f"lab-{index}" for index in range(3)]
     key = lab.key_path.read_text()
     stack = CliStack(tmp_path, "dev")

@@ -191,7 +191,8 @@ def test_client_key_from_a_secret_string(sshd, ssh_host):
     with key.temporary_file() as path:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
-        assert open(path).read().strip() == sshd.client_key_text.strip()
+        with open(path) as written:
+            assert written.read().strip() == sshd.client_key_text.strip()
     assert not os.path.exists(path) and not os.path.exists(os.path.dirname(path))
     with pytest.raises(ClientKeyError, match="not a private key"):
         SecretKey("ssh-ed25519 AAAA public-not-private")

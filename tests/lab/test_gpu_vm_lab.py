@@ -1,13 +1,13 @@
 """GpuVm on a lab host, through the dynamic-provider gRPC server: a nested guest with the GPU
 stand-in and an igb VF passed through boots, takes a DHCP lease, answers pings and sees both
-devices on its NUMA node 0; applying again changes nothing and refresh reads it in sync; a second guest wanting the same GPU
-and a guest wanting more huge pages than the host has fail clearly, leaving nothing behind;
-delete removes the domain and its volumes.
+devices on its NUMA node 0; applying again changes nothing and refresh reads it in sync; a
+second guest wanting the same GPU and a guest wanting more huge pages than the host has fail
+clearly, leaving nothing behind; delete removes the domain and its volumes.
 
 The host is prepared as HostTuning and SriovPool would leave it (1 GiB pages reserved at boot and
-served by /dev/hugepages, the VF bound to vfio-pci), plus libvirt's default NAT network started. The VF comes
-from the igb on its own root port: QEMU's switch ports have no ACS, so VFs under the switch
-share their PF's IOMMU group and could not be passed through alone.
+served by /dev/hugepages, the VF bound to vfio-pci), plus libvirt's default NAT network started.
+The VF comes from the igb on its own root port: QEMU's switch ports have no ACS, so VFs under the
+switch share their PF's IOMMU group and could not be passed through alone.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import time
 
 import pytest
 
-from tests.lab.conftest import booted_lab
 from providers.gpu_vm.provider import GpuVmProvider
 from providers.sriov_pool.provider import SriovPoolProvider
+from tests.lab.conftest import booted_lab
 from tests.support.provider_harness import ProviderCallError, ProviderServer, with_provider
 
 pytestmark = pytest.mark.slow

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.conftest import host_snapshot
 from providers.facts import gather_facts
 from providers.host_tuning.provider import HostTuningProvider
+from tests.lab.conftest import host_snapshot
 from tests.support.provider_harness import ProviderServer, with_provider
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,6 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from tests.support.kernel_cmdline import cmdline_value
 from providers.host import LocalHost
 from providers.host.base import CommandResult
 from providers.host_tuning import grub
@@ -29,6 +28,7 @@ from providers.host_tuning.observe import (
     UNIT_LINK,
     UNIT_NAME,
 )
+from tests.support.kernel_cmdline import cmdline_value
 
 from .fakehost import FakeHost
 

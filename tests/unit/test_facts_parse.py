@@ -35,7 +35,7 @@ def test_gpu_stand_in_and_nic_share_a_switch_on_their_numa_node(lab_facts):
     gpus = [d for d in lab_facts.pci.values() if d.vendor_device == "1af4:1110"]
     nics = [d for d in lab_facts.pci.values() if d.vendor_device == "8086:10c9"]
     assert [gpu.numa_node for gpu in gpus] == [0, 1] and [nic.numa_node for nic in nics] == [0, 1]
-    for gpu, nic in zip(gpus, nics):
+    for gpu, nic in zip(gpus, nics, strict=True):
         switch = lab_facts.upstream_switch(gpu.address)
         assert switch is not None and lab_facts.upstream_switch(nic.address) == switch
         assert lab_facts.device(switch).vendor_device == "104c:8232"

@@ -26,7 +26,8 @@ def test_hgx_fixture_seen_through_the_facts_layer(hgx):
     assert facts.numa_nodes[1].cpus[:2] == [40, 41] and facts.numa_nodes[1].cpus[-1] == 159
     assert all(node.memory_kib == 1024 ** 3 for node in facts.numa_nodes)
     assert facts.numa_nodes[0].pool(1048576).total == 0
-    gpus = [dev for dev in facts.pci.values() if dev.vendor_id == 0x10DE and dev.class_code == 0x030200]
+    gpus = [dev for dev in facts.pci.values()
+            if dev.vendor_id == 0x10DE and dev.class_code == 0x030200]
     assert [gpu.address for gpu in gpus] == layout.gpus
     assert [gpu.numa_node for gpu in gpus] == [0, 0, 0, 0, 1, 1, 1, 1]
     for switch in layout.switches:
@@ -40,7 +41,7 @@ def test_hgx_nics_sriov_and_links(hgx):
     root, layout = hgx
     facts = gather_facts(LocalHost(str(root)))
     for switch in layout.switches:
-        for pf_address, interface in zip(switch.nic_pfs, switch.nic_interfaces):
+        for pf_address, interface in zip(switch.nic_pfs, switch.nic_interfaces, strict=True):
             pf = facts.device(pf_address)
             assert pf.vendor_device == "15b3:101b" and pf.driver == "mlx5_core"
             assert pf.net == [interface]

@@ -190,7 +190,7 @@ def test_seed_is_a_cidata_iso_with_the_tuning(hgx):
     placed = place(spec, facts, {})
     ids = {d.host_address: "0x10de:0x20b2" for d in placed.devices}
     script = guest.tuning_script(spec, placed, ids, "<system/>")
-    assert "net.ipv4.tcp_timestamps=0" in script and "MTU=9000" in script
+    assert "net.ipv4.tcp_timestamps=0" in script and "MTU='9000'" in script
     image = pycdlib.PyCdlib()
     image.open_fp(io.BytesIO(guest.seed_image(spec, script)))
     assert image.pvd.volume_identifier.decode().strip() == "cidata"

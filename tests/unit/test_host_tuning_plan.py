@@ -20,7 +20,7 @@ from providers.host import LocalHost
 from providers.host_tuning.observe import ORIGINALS_FILE
 from providers.host_tuning.plan import plan
 from providers.host_tuning.preflight import preflight
-from providers.host_tuning.provider import converge_desired, converger, observe, restore_originals
+from providers.host_tuning.provider import converge_desired, observe, restore_originals
 from providers.host_tuning.spec import HostTuningArgs
 from providers.host_tuning.target import (
     ACS_VM,
@@ -138,7 +138,7 @@ def test_baremetal_mode_differs_only_in_acs_ats_and_write_ordering(tmp_path):
     vm = Rig(tmp_path / "vm").plan()
     bare = Rig(tmp_path / "bare", mode="baremetal").plan()
     assert [c.subject for c in vm.changes] == [c.subject for c in bare.changes]
-    differing = {(a.kind, a.subject) for a, b in zip(vm.changes, bare.changes)
+    differing = {(a.kind, a.subject) for a, b in zip(vm.changes, bare.changes, strict=True)
                  if a.detail != b.detail}
     kinds = {kind for kind, _ in differing}
     assert kinds == {"register", "firmware"}  # ACS values; firmware ATS and write ordering

@@ -6,8 +6,9 @@ This file owns linting in the suite (scripts/test and so CI run it, `--fast` inc
 - shellcheck, Debian's (installed by scripts/setup), over every shell script in the repository:
   scripts/*, .ci/run, providers/facts/gather.sh (POSIX sh, by its `shellcheck shell=` directive),
   the lab image's scripts, and any other file with a shell shebang or a `.sh` name;
-- the shell the providers generate, rendered in a test and checked with `shellcheck()` below
-  (those tests belong in this file too).
+- the shell the providers generate (apply scripts of real plans, observation sections, boot
+  scripts, the guest's tuning script), rendered from the HGX A100 fixture and recorded lab
+  facts and checked as POSIX sh, the dialect hosts run it in (`sh -s`).
 The virtualenv, .git and local state (.lab, .pulumi-state, caches) are not the project's code
 and are left out. A missing linter fails, saying to run scripts/setup: the suite never passes
 without having linted.
@@ -29,7 +30,7 @@ RUFF = ROOT / ".venv" / "bin" / "ruff"
 NOT_CODE = {".git", ".venv", ".lab", ".pulumi-state", ".ruff_cache", ".pytest_cache",
             "__pycache__"}
 SHEBANG = re.compile(rb"#![^\n]*\b(?:sh|bash|dash|ash|ksh)\b")
-# The shell scripts the issue names; the search below must find each of them.
+# The shell scripts that must be linted by name; the search below must find each of them.
 NAMED_SHELL = [*sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "scripts").iterdir()
                        if p.is_file()), ".ci/run", "providers/facts/gather.sh"]
 
@@ -112,3 +113,98 @@ def test_shellcheck_passes():
     if result.returncode != 0:
         pytest.fail(f"shellcheck on {len(files)} scripts (exit {result.returncode}):\n"
                     f"{result.stdout}{result.stderr}", pytrace=False)
+
+
+# -- the shell the providers generate ------------------------------------------------------------
+
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+
+
+def _generated_shell(tmp_path: Path) -> dict[str, str]:
+    """Every kind of script the providers hand to a host or a guest, rendered from real plans:
+    HostTuning on the HGX fixture (firmware, GRUB, registers, huge pages, the boot unit),
+    SriovPool and GpuVm on a recorded lab host."""
+    from providers.common import shell
+    from providers.common.converge import Round
+    from providers.facts import GATHER_SCRIPT, parse_gather_output
+    from providers.gpu_vm import guest
+    from providers.gpu_vm.observe import VmObservations
+    from providers.gpu_vm.observe import observe_script as vm_observe_script
+    from providers.gpu_vm.placement import place
+    from providers.gpu_vm.plan import plan as vm_plan
+    from providers.gpu_vm.plan import plan_removal, removal_finish
+    from providers.gpu_vm.spec import GpuVmArgs
+    from providers.gpu_vm.target import DomainTarget
+    from providers.host_tuning.observe import BOOT_SCRIPT
+    from providers.host_tuning.observe import observe_script as host_observe_script
+    from providers.host_tuning.plan import plan as host_plan
+    from providers.host_tuning.provider import observe as host_observe
+    from providers.host_tuning.spec import HostTuningArgs
+    from providers.host_tuning.target import desired_target, select_topology
+    from providers.sriov_pool.bootunit import boot_script as pool_boot_script
+    from providers.sriov_pool.observe import PoolObservations
+    from providers.sriov_pool.observe import observe_script as pool_observe_script
+    from providers.sriov_pool.plan import plan as pool_plan
+    from providers.sriov_pool.spec import SriovPoolArgs
+    from providers.sriov_pool.target import desired_target as pool_target
+    from providers.sriov_pool.target import find_pf
+    from tests.support.fakekernel import FakeKernel, KernelHost, firmware_standin
+    from tests.support.hgx import hgx_a100
+    from tests.support.recorded import recorded
+
+    fake, _ = hgx_a100(nic_vfs=2, grub_defaults=recorded("files/etc-default-grub-debian12.txt"))
+    root = fake.write(tmp_path / "hgx")
+    host = KernelHost(FakeKernel(fake, root))
+    tuning = HostTuningArgs.model_validate({
+        "address": "10.0.0.1", "hostKey": HOST_KEY, "hugepages": {"perNode": {"0": 8}},
+        "sysctls": {"vm.swappiness": "10"}, "firmware": {"tool": firmware_standin(root)}})
+    now = host_observe(host, tuning)
+    target = desired_target(tuning, now.facts, now.observed,
+                            select_topology(tuning, now.facts))
+    tuning_plan = host_plan(target, now.facts, now.observed)
+    assert {"firmware", "kernel-args", "register", "driver"} <= {
+        change.kind for change in tuning_plan.changes}
+
+    lab = parse_gather_output(recorded("gather/lab-host-q35-switch.txt"))
+    pool = SriovPoolArgs.model_validate({
+        "address": "10.0.0.7", "hostKey": HOST_KEY, "pf": "enp68s0", "numVfs": 4,
+        "network": {"name": "pool-a"}, "defaults": {"vlan": 100}})
+    observed = PoolObservations(pf="0000:44:00.0", netdev="enp68s0", autoprobe="1")
+    pf = find_pf(pool, lab, observed)
+    wanted = pool_target(pool, lab, observed, pf)
+
+    vm = GpuVmArgs.model_validate({
+        "address": "10.0.0.1", "hostKey": HOST_KEY, "name": "lab-vm", "vcpus": 2,
+        "memoryGib": 2, "gpus": 2, "domainType": "qemu", "cpuModel": "qemu64",
+        "gpuSelector": ["1af4:1110"], "reservedCpus": 0,
+        "image": {"path": "/var/lib/vela/base.qcow2", "sizeGib": 20}})
+    layout = place(vm, lab, {})
+    ids = {device.host_address: "0x1af4:0x1110" for device in layout.devices}
+    topology = guest.nccl_topology(layout, lab.cpu_vendor)
+    domain = DomainTarget(layout=layout, xml="<domain/>", seed=b"seed", topology=topology)
+    creating = vm_plan(vm, domain, VmObservations(), Round(booted=False, number=0))
+    present = VmObservations(present={"/var/lib/libvirt/images/vela/lab-vm.qcow2"})
+    return {
+        "HostTuning apply": shell.script(tuning_plan.calls, sysroot=str(root)),
+        "HostTuning boot script": target.files[BOOT_SCRIPT],
+        "HostTuning observation": GATHER_SCRIPT + host_observe_script(tuning),
+        "SriovPool apply": shell.script(
+            pool_plan(pool, wanted, lab, observed, pf).calls),
+        "SriovPool boot script": pool_boot_script(pool, wanted, pf),
+        "SriovPool observation": GATHER_SCRIPT + pool_observe_script(pool),
+        "GpuVm apply": shell.script(creating.calls),
+        "GpuVm removal": shell.script(plan_removal(vm, present).calls + removal_finish()),
+        "GpuVm observation": GATHER_SCRIPT + vm_observe_script(vm),
+        "GpuVm guest tuning": guest.tuning_script(vm, layout, ids, topology),
+    }
+
+
+def test_shellcheck_passes_on_the_shell_the_providers_generate(tmp_path):
+    failures = []
+    for name, script in _generated_shell(tmp_path).items():
+        result = shellcheck("--shell=sh", "-", script=script)
+        if result.returncode != 0:
+            failures.append(f"== {name} (exit {result.returncode}):\n{result.stdout}"
+                            f"{result.stderr}")
+    if failures:
+        pytest.fail("\n".join(failures), pytrace=False)

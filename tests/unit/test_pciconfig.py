@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from providers.facts.pciconfig import decode
-from tests.support.lspci_text import parse_lspci_hex_dump
-from tests.support.lspci_text import parse_lspci_verbose
+from tests.support.lspci_text import parse_lspci_hex_dump, parse_lspci_verbose
 from tests.support.recorded import RECORDED, recorded, recorded_files
 
 DUMPS = recorded_files("pci_config")
@@ -15,7 +14,8 @@ DUMPS = recorded_files("pci_config")
 def _load(path):
     body = recorded(f"pci_config/{path.name}")
     (slot, raw), = parse_lspci_hex_dump(body).items()
-    oracle_text = (RECORDED / "pci_config" / path.name.replace(".txt", ".lspci-vvv.txt")).read_text()
+    decoded = path.name.replace(".txt", ".lspci-vvv.txt")
+    oracle_text = (RECORDED / "pci_config" / decoded).read_text()
     oracle = parse_lspci_verbose(oracle_text)
     assert len(oracle) == 1, f"{path.name}: expected one device in lspci's decoding"
     return slot, raw, next(iter(oracle.values()))

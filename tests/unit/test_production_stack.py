@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from providers.facts import gather_facts
 from providers.gpu_vm.placement import place
 from providers.gpu_vm.spec import GpuVmArgs
 from providers.gpu_vm.xml.domain import domain as domain_xml
@@ -26,20 +27,18 @@ from providers.host_tuning.provider import observe
 from providers.host_tuning.spec import HostTuningArgs
 from providers.host_tuning.target import desired_target as host_target
 from providers.host_tuning.target import select_topology
-from providers.sriov_pool.observe import PoolObservations
 from providers.sriov_pool.bootunit import vf_address
+from providers.sriov_pool.observe import PoolObservations
 from providers.sriov_pool.plan import plan as pool_plan
 from providers.sriov_pool.preflight import preflight as pool_preflight
+from providers.sriov_pool.spec import SriovPoolArgs
 from providers.sriov_pool.target import desired_target as pool_target
 from providers.sriov_pool.target import find_pf
-from providers.sriov_pool.spec import SriovPoolArgs
-from providers.facts import gather_facts
 from tests.support.fakekernel import firmware_standin
 from tests.support.hgx import hgx_a100
 from tests.support.program import run_program
 from tests.support.provider_harness import PROJECT_ROOT, ProviderServer
 from tests.support.recorded import recorded
-
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from providers.errors import SriovPoolError
 from providers.facts import parse_gather_output
+from providers.sriov_pool.bootunit import FRESH, boot_script, settings_args, vf_address
 from providers.sriov_pool.observe import (
     PoolObservations,
     VfState,
@@ -14,12 +16,10 @@ from providers.sriov_pool.observe import (
     parse_ip_link,
     paths,
 )
-from providers.errors import SriovPoolError
-from providers.sriov_pool.bootunit import FRESH, boot_script, settings_args, vf_address
 from providers.sriov_pool.plan import plan
 from providers.sriov_pool.preflight import preflight
-from providers.sriov_pool.target import VfTarget, desired_target, find_pf, original_target
 from providers.sriov_pool.spec import SriovPoolArgs, derived_mac
+from providers.sriov_pool.target import VfTarget, desired_target, find_pf, original_target
 from tests.support.recorded import recorded
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"

@@ -21,7 +21,7 @@ def vcpu(layout: Layout) -> Element:
 def cputune(layout: Layout) -> Element:
     tune = Element("cputune")
     for cell in layout.cells:
-        for guest, host in zip(cell.vcpus, cell.host_cpus):
+        for guest, host in zip(cell.vcpus, cell.host_cpus, strict=True):
             SubElement(tune, "vcpupin", vcpu=str(guest), cpuset=str(host))
     if layout.emulator_cpus:
         SubElement(tune, "emulatorpin", cpuset=_cpuset(layout.emulator_cpus))
