@@ -1,16 +1,28 @@
-"""What every vela dynamic provider shares: its inputs apart from outputs and the pickled
-provider, validation with one message per bad field (check tolerates preview's unknowns), the
-SSH key from provider configuration, and the connection to the host.
+"""What every vela dynamic provider and resource shares: its inputs apart from outputs and the
+pickled provider, validation with one message per bad field (check tolerates preview's
+unknowns), the diff rules (which inputs replace, drift recorded by the last run), the engine
+calls mapped onto the resource's converge and removal, the SSH key from provider
+configuration, and the connection to the host.
 
-A provider class names its inputs model, its error type and its output keys; everything here
-works from those. Subclasses stay in their own modules: state pickles them by reference.
+A provider class names its inputs model, its error type, its output keys and the inputs that
+replace; it implements `converge` (create and update), `remove` (delete), `read` and its id.
+Subclasses stay in their own modules: state pickles them by reference.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pulumi.dynamic import CheckFailure, CheckResult, ResourceProvider
+import pulumi
+from pulumi.dynamic import (
+    CheckFailure,
+    CheckResult,
+    CreateResult,
+    DiffResult,
+    Resource,
+    ResourceProvider,
+    UpdateResult,
+)
 from pulumi.output import Unknown
 from pydantic import BaseModel, ValidationError
 
@@ -33,6 +45,7 @@ class HostResourceProvider(ResourceProvider):
     args_model: ClassVar[type[BaseModel]]
     error: ClassVar[type[VelaError]]
     output_keys: ClassVar[list[str]]
+    replace_on: ClassVar[set[str]]  # inputs whose change means another resource
     model_error_field: ClassVar[str] = "inputs"  # where check reports model-level errors
 
     @classmethod
@@ -72,3 +85,59 @@ class HostResourceProvider(ResourceProvider):
             raise self.error(NO_KEY)
         return spec.connect(SecretKey(key, getattr(self, "private_key_passphrase", None)),
                             name=f"{spec.address}:{spec.port}")
+
+    # -- the engine's calls, on the resource's own converge and removal -------------------------
+
+    def diff(self, id_: str, olds: dict, news: dict) -> DiffResult:
+        """Changed inputs update (or replace, for `replace_on`); so does drift that the last
+        run or refresh recorded. Replacement deletes first: a host's devices and files cannot
+        be held twice."""
+        changed = changed_inputs(self.inputs(olds), self.inputs(news))
+        return DiffResult(changes=bool(changed) or self.drifted(olds),
+                          replaces=[key for key in changed if key in self.replace_on],
+                          delete_before_replace=True)
+
+    def drifted(self, olds: dict) -> bool:
+        """Whether the recorded outputs say the resource is not as its inputs want."""
+        return olds.get("inSync") is False
+
+    def create(self, props: dict) -> CreateResult:
+        spec = self.parse_inputs(props)
+        outputs = self.converge(self._host(spec), spec, props, None)
+        return CreateResult(self.resource_id(spec, outputs), outputs)
+
+    def update(self, id_: str, olds: dict, news: dict) -> UpdateResult:
+        spec = self.parse_inputs(news)
+        return UpdateResult(self.converge(self._host(spec), spec, news, olds))
+
+    def delete(self, id_: str, props: dict) -> None:
+        spec = self.parse_inputs(props)
+        self.remove(self._host(spec), spec, props)
+
+    def converge(self, host: Host, spec: Any, props: dict, previous: dict | None) -> dict:
+        """Create (`previous` None) and update: drive the host to the inputs; the outputs."""
+        raise NotImplementedError
+
+    def remove(self, host: Host, spec: Any, props: dict) -> None:
+        """Delete: put back what the resource changed."""
+        raise NotImplementedError
+
+    def resource_id(self, spec: Any, outputs: dict) -> str:
+        """The id the engine keeps for a created resource: the host and what on it."""
+        raise NotImplementedError
+
+
+def changed_inputs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
+
+
+class HostResource(Resource):
+    """A vela resource: registered with its provider and every output key, so the engine sets
+    each output as an attribute of that name (the subclass declares them)."""
+
+    provider_class: ClassVar[type[HostResourceProvider]]
+
+    def __init__(self, name: str, args: dict[str, Any],
+                 opts: pulumi.ResourceOptions | None = None) -> None:
+        outputs = {key: None for key in self.provider_class.output_keys}
+        super().__init__(self.provider_class(), name, {**args, **outputs}, opts)

@@ -10,16 +10,14 @@ provider, on the shared converge loop of `providers.common`).
 
 from __future__ import annotations
 
-from typing import Any
-
 import pulumi
-from pulumi.dynamic import Resource
 
-from .provider import OUTPUT_KEYS, GpuVmProvider
+from ..common.dynamic import HostResource
+from .provider import GpuVmProvider
 from .spec import GpuVmArgs
 
 
-class GpuVm(Resource, module="vela", name="GpuVm"):
+class GpuVm(HostResource, module="vela", name="GpuVm"):
     """A GPU guest. `args` are GpuVmArgs fields (camelCase)."""
 
     # The outputs, named as the engine sets them on the resource (OUTPUT_KEYS).
@@ -34,10 +32,7 @@ class GpuVm(Resource, module="vela", name="GpuVm"):
     inSync: pulumi.Output[bool]  # noqa: N815
     drift: pulumi.Output[list]
 
-    def __init__(self, name: str, args: dict[str, Any],
-                 opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(GpuVmProvider(), name,
-                         {**args, **{key: None for key in OUTPUT_KEYS}}, opts)
+    provider_class = GpuVmProvider
 
 
 __all__ = ["GpuVm", "GpuVmArgs", "GpuVmProvider"]

@@ -14,15 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pulumi.dynamic import (
-    CreateResult,
-    DiffResult,
-    ReadResult,
-    UpdateResult,
-)
+from pulumi.dynamic import ReadResult
 
 from ..common.converge import Converger, Outcome, Snapshot, look
-from ..common.dynamic import HostResourceProvider
+from ..common.dynamic import HostResourceProvider, changed_inputs
 from ..errors import GpuVmError
 from ..host import Host
 from . import guest
@@ -43,7 +38,7 @@ OUTPUT_KEYS = ["uuid", "state", "addresses", "domainXml", "ncclTopology", "ncclE
 
 def classify(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]]:
     """Which changed inputs apply live, need a restart, or need a new domain. Pure."""
-    changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
+    changed = changed_inputs(old, new)
     return {"replace": [key for key in changed if key in REPLACE_ON],
             "restart": [key for key in changed if key in RESTART_ON],
             "live": [key for key in changed if key not in REPLACE_ON | RESTART_ON]}
@@ -56,21 +51,18 @@ class GpuVmProvider(HostResourceProvider):
     args_model = GpuVmArgs
     error = GpuVmError
     output_keys = OUTPUT_KEYS
+    replace_on = REPLACE_ON
 
-    def diff(self, id_: str, olds: dict, news: dict) -> DiffResult:
-        kinds = classify(self.inputs(olds), self.inputs(news))
-        changed = any(kinds.values()) or olds.get("inSync") is False
-        return DiffResult(changes=changed, replaces=kinds["replace"], delete_before_replace=True)
+    def converge(self, host: Host, spec: GpuVmArgs, props: dict, previous: dict | None) -> dict:
+        restart = previous is not None and bool(
+            classify(self.inputs(previous), self.inputs(props))["restart"])
+        return converge_desired(host, spec, props, restart=restart)
 
-    def create(self, props: dict) -> CreateResult:
-        spec = self.parse_inputs(props)
-        outs = converge_desired(self._host(spec), spec, props)
-        return CreateResult(outs["uuid"], outs)
+    def remove(self, host: Host, spec: GpuVmArgs, props: dict) -> None:
+        remove_domain(host, spec)
 
-    def update(self, id_: str, olds: dict, news: dict) -> UpdateResult:
-        spec = self.parse_inputs(news)
-        restart = bool(classify(self.inputs(olds), self.inputs(news))["restart"])
-        return UpdateResult(converge_desired(self._host(spec), spec, news, restart=restart))
+    def resource_id(self, spec: GpuVmArgs, outputs: dict) -> str:
+        return outputs["uuid"]
 
     def read(self, id_: str, props: dict) -> ReadResult:
         spec = self.parse_inputs(props)
@@ -83,10 +75,6 @@ class GpuVmProvider(HostResourceProvider):
         outs = {**props, "state": domain.state, "addresses": current.addresses,
                 "inSync": not differs and (domain.running or not spec.start), "drift": differs}
         return ReadResult(id_, outs)
-
-    def delete(self, id_: str, props: dict) -> None:
-        spec = self.parse_inputs(props)
-        remove_domain(self._host(spec), spec)
 
 
 # -- converging ------------------------------------------------------------------------------

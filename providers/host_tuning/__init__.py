@@ -9,16 +9,14 @@ loop of `providers.common`).
 
 from __future__ import annotations
 
-from typing import Any
-
 import pulumi
-from pulumi.dynamic import Resource
 
-from .provider import OUTPUT_KEYS, HostTuningProvider
+from ..common.dynamic import HostResource
+from .provider import HostTuningProvider
 from .spec import HostTuningArgs
 
 
-class HostTuning(Resource, module="vela", name="HostTuning"):
+class HostTuning(HostResource, module="vela", name="HostTuning"):
     """A hypervisor host tuned per the recipe. `args` are HostTuningArgs fields (camelCase)."""
 
     # The outputs, named as the engine sets them on the resource (OUTPUT_KEYS).
@@ -34,10 +32,7 @@ class HostTuning(Resource, module="vela", name="HostTuning"):
     inSync: pulumi.Output[bool]  # noqa: N815
     drift: pulumi.Output[list]
 
-    def __init__(self, name: str, args: dict[str, Any],
-                 opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(HostTuningProvider(), name,
-                         {**args, **{key: None for key in OUTPUT_KEYS}}, opts)
+    provider_class = HostTuningProvider
 
 
 __all__ = ["HostTuning", "HostTuningArgs", "HostTuningProvider"]

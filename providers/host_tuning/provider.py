@@ -13,12 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pulumi.dynamic import (
-    CreateResult,
-    DiffResult,
-    ReadResult,
-    UpdateResult,
-)
+from pulumi.dynamic import ReadResult
 
 from ..common import originals as saved
 from ..common.converge import Converger, Outcome, Snapshot, look
@@ -62,23 +57,21 @@ class HostTuningProvider(HostResourceProvider):
     args_model = HostTuningArgs
     error = HostTuningError
     output_keys = OUTPUT_KEYS
+    replace_on = REPLACE_ON
 
-    def diff(self, id_: str, olds: dict, news: dict) -> DiffResult:
-        old, new = self.inputs(olds), self.inputs(news)
-        changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
-        drifted = olds.get("inSync") is False or bool(olds.get("pendingReboot"))
-        return DiffResult(changes=bool(changed) or drifted,
-                          replaces=[key for key in changed if key in REPLACE_ON],
-                          delete_before_replace=True)
+    def drifted(self, olds: dict) -> bool:
+        """Also a reboot still pending: the next run may reboot and finish."""
+        return super().drifted(olds) or bool(olds.get("pendingReboot"))
 
-    def create(self, props: dict) -> CreateResult:
-        spec = self.parse_inputs(props)
-        return CreateResult(f"{spec.address}:{spec.port}",
-                            converge_desired(self._host(spec), spec, props))
+    def converge(self, host: Host, spec: HostTuningArgs, props: dict,
+                 previous: dict | None) -> dict:
+        return converge_desired(host, spec, props, previous)
 
-    def update(self, id_: str, olds: dict, news: dict) -> UpdateResult:
-        spec = self.parse_inputs(news)
-        return UpdateResult(converge_desired(self._host(spec), spec, news, previous=olds))
+    def remove(self, host: Host, spec: HostTuningArgs, props: dict) -> None:
+        restore_originals(host, spec, props)
+
+    def resource_id(self, spec: HostTuningArgs, outputs: dict) -> str:
+        return f"{spec.address}:{spec.port}"
 
     def read(self, id_: str, props: dict) -> ReadResult:
         spec = self.parse_inputs(props)
@@ -91,10 +84,6 @@ class HostTuningProvider(HostResourceProvider):
                                                                    now.observed)
         return ReadResult(id_, outputs(spec, props, now, topology, desired, found, drift,
                                        changes=[], reboots=0))
-
-    def delete(self, id_: str, props: dict) -> None:
-        spec = self.parse_inputs(props)
-        restore_originals(self._host(spec), spec, props)
 
 
 # -- converging ------------------------------------------------------------------------------

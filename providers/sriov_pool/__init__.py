@@ -8,16 +8,14 @@ boot), `provider` (the dynamic provider, on the shared converge loop of `provide
 
 from __future__ import annotations
 
-from typing import Any
-
 import pulumi
-from pulumi.dynamic import Resource
 
-from .provider import OUTPUT_KEYS, SriovPoolProvider
+from ..common.dynamic import HostResource
+from .provider import SriovPoolProvider
 from .spec import SriovPoolArgs
 
 
-class SriovPool(Resource, module="vela", name="SriovPool"):
+class SriovPool(HostResource, module="vela", name="SriovPool"):
     """A NIC port's VFs. `args` are SriovPoolArgs fields (camelCase)."""
 
     # The outputs, named as the engine sets them on the resource (OUTPUT_KEYS).
@@ -29,10 +27,7 @@ class SriovPool(Resource, module="vela", name="SriovPool"):
     inSync: pulumi.Output[bool]  # noqa: N815
     drift: pulumi.Output[list]
 
-    def __init__(self, name: str, args: dict[str, Any],
-                 opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(SriovPoolProvider(), name,
-                         {**args, **{key: None for key in OUTPUT_KEYS}}, opts)
+    provider_class = SriovPoolProvider
 
 
 __all__ = ["SriovPool", "SriovPoolArgs", "SriovPoolProvider"]

@@ -10,12 +10,7 @@ before the first change and in the outputs.
 
 from __future__ import annotations
 
-from pulumi.dynamic import (
-    CreateResult,
-    DiffResult,
-    ReadResult,
-    UpdateResult,
-)
+from pulumi.dynamic import ReadResult
 
 from ..common import originals as saved
 from ..common.converge import Converger, Outcome, Snapshot, look
@@ -45,23 +40,18 @@ class SriovPoolProvider(HostResourceProvider):
     args_model = SriovPoolArgs
     error = SriovPoolError
     output_keys = OUTPUT_KEYS
+    replace_on = REPLACE_ON
     model_error_field = "pf"  # model-level errors are about the port
 
-    def diff(self, id_: str, olds: dict, news: dict) -> DiffResult:
-        old, new = self.inputs(olds), self.inputs(news)
-        changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
-        return DiffResult(changes=bool(changed) or olds.get("inSync") is False,
-                          replaces=[key for key in changed if key in REPLACE_ON],
-                          delete_before_replace=True)
+    def converge(self, host: Host, spec: SriovPoolArgs, props: dict,
+                 previous: dict | None) -> dict:
+        return converge_desired(host, spec, props, previous)
 
-    def create(self, props: dict) -> CreateResult:
-        spec = self.parse_inputs(props)
-        return CreateResult(f"{spec.address}:{spec.port}/{spec.pf}",
-                            converge_desired(self._host(spec), spec, props))
+    def remove(self, host: Host, spec: SriovPoolArgs, props: dict) -> None:
+        restore_originals(host, spec, props)
 
-    def update(self, id_: str, olds: dict, news: dict) -> UpdateResult:
-        spec = self.parse_inputs(news)
-        return UpdateResult(converge_desired(self._host(spec), spec, news, previous=olds))
+    def resource_id(self, spec: SriovPoolArgs, outputs: dict) -> str:
+        return f"{spec.address}:{spec.port}/{spec.pf}"
 
     def read(self, id_: str, props: dict) -> ReadResult:
         spec = self.parse_inputs(props)
@@ -72,10 +62,6 @@ class SriovPoolProvider(HostResourceProvider):
         found = _originals(spec, props, now.observed) or original_target(
             spec, desired, now.facts, now.observed, pf)
         return ReadResult(id_, outputs(spec, props, now, pf, found, drift, []))
-
-    def delete(self, id_: str, props: dict) -> None:
-        spec = self.parse_inputs(props)
-        restore_originals(self._host(spec), spec, props)
 
 
 # -- converging ------------------------------------------------------------------------------
