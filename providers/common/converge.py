@@ -15,23 +15,17 @@ from typing import Generic, Literal, TypeVar
 
 from ..errors import VelaError
 from ..facts import parse_facts, run_gather
-from ..facts.models import HostFacts
 from ..host import Host
 from ..host.reboot import reboot_and_wait
 from . import shell
-from .plan import Plan
+from .plan import Plan, Round, Snapshot
 
 O = TypeVar("O")  # noqa: E741 - a resource's own observations, whatever their type
 MAX_REBOOTS = 3
-APPLY_ROUNDS = 3  # per boot: a count change, then the new functions' settings, then a margin
-
-
-@dataclass
-class Snapshot(Generic[O]):
-    """Everything a planner reads: the hardware facts and the resource's own observations."""
-
-    facts: HostFacts
-    observed: O
+# Per boot: a count change, then the new functions' settings, then a margin for a change that
+# did not take at once (a driver still probing); a plan seen a third time is stuck.
+APPLY_ROUNDS = 4
+SAME_PLAN_RETRIES = 1
 
 
 def look(host: Host, script: str, parse: Callable[[str], O]) -> Snapshot[O]:
@@ -44,14 +38,6 @@ def look(host: Host, script: str, parse: Callable[[str], O]) -> Snapshot[O]:
 def apply(host: Host, calls: list[str], *, timeout: float) -> None:
     """Run `calls` against the host's root in one remote command."""
     host.run_script(shell.script(calls, sysroot=host.sysroot), timeout=timeout)
-
-
-@dataclass(frozen=True)
-class Round:
-    """Where a converge run is when it plans: after a reboot or not, and which apply round."""
-
-    booted: bool
-    number: int
 
 
 @dataclass
@@ -96,15 +82,18 @@ class Converger(Generic[O]):
 
     def _apply_rounds(self, outcome: Outcome[O], first: list[str]) -> None:
         calls = first + outcome.plan.calls
+        retries = SAME_PLAN_RETRIES
         for number in range(1, APPLY_ROUNDS + 1):
             if not calls:
                 return
             made = outcome.plan.summaries()
             apply(self.host, calls, timeout=self.apply_timeout)
-            outcome.changes += made
+            outcome.changes += [summary for summary in made if summary not in outcome.changes]
             self._refresh(outcome, number=number)
             if outcome.plan.summaries() == made:
-                return  # the same changes again: they did not take, and verify says so
+                if not retries:
+                    return  # the same changes again: they did not take, and verify says so
+                retries -= 1
             calls = outcome.plan.calls
 
     def _refresh(self, outcome: Outcome[O], *, number: int) -> None:

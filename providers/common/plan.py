@@ -10,13 +10,34 @@ any of them lives in one place.
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Literal
+from dataclasses import dataclass
+from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
 from ..facts.models import HostFacts, PciDevice
 from . import shell
 from .registers import Register, current_register
+
+O = TypeVar("O")  # noqa: E741 - a resource's own observations, whatever their type
+
+
+@dataclass
+class Snapshot(Generic[O]):
+    """Everything a planner reads: the hardware facts and the resource's own observations."""
+
+    facts: HostFacts
+    observed: O
+
+
+@dataclass(frozen=True)
+class Round:
+    """Where a converge run is when it plans: after a reboot or not, and which apply round
+    of this boot (0: nothing applied yet)."""
+
+    booted: bool
+    number: int
+
 
 # runtime: active as soon as the call returns. next-boot: configured now, active after a
 # reboot (the kernel command line). firmware: stored in the device now, current after a reboot.
@@ -56,10 +77,6 @@ class Plan(BaseModel):
     changes: list[Change] = Field(default_factory=list)
     pending: list[Pending] = Field(default_factory=list)
     reboots_required: int = 0
-
-    @property
-    def empty(self) -> bool:
-        return not self.changes and not self.pending
 
     @property
     def calls(self) -> list[str]:

@@ -16,7 +16,6 @@ import shlex
 LIBRARY = r'''
 # shellcheck disable=SC2317  # a library: each script calls only the functions it needs
 set -u
-R=${VELA_ROOT:-}
 vela_fail() { echo "vela: $*" >&2; exit 1; }
 vela_system() {  # run a command that acts on the live system, never against a sysroot
   if [ -z "$R" ]; then "$@"; else echo "vela: sysroot $R: not running: $*" >&2; fi
@@ -213,6 +212,9 @@ observe_link() { if [ -L "$R$1" ] || [ -e "$R$1" ]; then emit link "$1" present 
 class Var(str):
     """A shell variable set earlier in the same script, passed as one word: `"$name"`."""
 
+    def __new__(cls, name: str) -> Var:
+        return super().__new__(cls, _identifier(name))
+
 
 def quote(value: object) -> str:
     """The one quoting function: any value as one shell word."""
@@ -236,8 +238,9 @@ def assign(name: str, value: object) -> str:
 
 
 def capture(name: str, function: str, *args: object) -> str:
-    """`name=$(function arg...)`: a call's output kept for later calls (as `Var(name)`)."""
-    return f"{_identifier(name)}=$({call(function, *args)})"
+    """`name=$(function arg...)`: a call's output kept for later calls (as `Var(name)`); the
+    script stops if the call fails (its message is already on stderr)."""
+    return f"{_identifier(name)}=$({call(function, *args)}) || exit 1"
 
 
 def write_file(path: str, content: str, mode: int = 0o644) -> str:
@@ -245,9 +248,10 @@ def write_file(path: str, content: str, mode: int = 0o644) -> str:
 
 
 def script(calls: list[str], *, sysroot: str = "/") -> str:
-    """The library and `calls`, acting on `sysroot` ("/": the live system)."""
-    root = [] if sysroot in ("", "/") else [assign("R", sysroot)]
-    return LIBRARY + "\n".join(root + calls) + "\n"
+    """The library and `calls`, acting on `sysroot` ("/": the live system). The one place the
+    sysroot is set: `R`, which every action puts before the paths it touches."""
+    root = assign("R", "" if sysroot in ("", "/") else sysroot)
+    return LIBRARY + "\n".join([root, *calls]) + "\n"
 
 
 def boot_script(header: str, calls: list[str], *, keep_going: bool = False) -> str:

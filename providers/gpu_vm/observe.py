@@ -93,7 +93,6 @@ class VmObservations:
     hugetlbfs: dict[str, str] = field(default_factory=dict)  # mount point -> options
     present: set[str] = field(default_factory=set)
     image_format: str | None = None
-    image_virtual_size: int | None = None
 
     def domain(self, name: str) -> Domain | None:
         return next((domain for domain in self.domains if domain.name == name), None)
@@ -143,7 +142,6 @@ def parse_observations(text: str) -> VmObservations:
         elif kind == "image":
             info = json.loads(decoded(value) or "{}")
             observed.image_format = info.get("format")
-            observed.image_virtual_size = info.get("virtual-size")
     observed.domains = [domain for domain in domains.values() if domain.xml]
     return observed
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 import base64
 
 from ..common import shell
-from ..common.converge import Round
-from ..common.plan import Change, Plan
+from ..common.plan import Change, Plan, Round
 from .observe import VOLUMES, VmObservations, owned_fields, paths
 from .spec import GpuVmArgs
 from .target import DomainTarget
@@ -45,10 +44,11 @@ def plan(spec: GpuVmArgs, target: DomainTarget, observed: VmObservations, at: Ro
                               calls=[shell.call("vela_vm_stop", spec.name,
                                                 spec.shutdown_timeout)]))
         stopped = True
-    if spec.start and (current is None or not current.running or stopped):
+    starting = spec.start and (current is None or not current.running or stopped)
+    if starting:
         changes.append(Change(kind="domain", subject=spec.name, detail="start",
                               calls=[shell.call("vela_virsh", "start", spec.name)]))
-    if spec.start and not observed.addresses:
+    if spec.start and (starting or not observed.addresses):
         # In the same remote command as the start: one round trip starts and waits.
         changes.append(Change(kind="guest", subject=spec.name, detail="wait for its address",
                               calls=[shell.call("vela_vm_wait_address", spec.name,

@@ -4,10 +4,10 @@ parse inputs -> gather facts and libvirt's view (one remote command) -> place (p
 preflight (devices free, huge pages there, image present) -> XML (pure, schema-validated) ->
 plan (pure) -> apply (one remote command: volume, seed, `virsh define --validate`, start, wait
 for the guest's address with a deadline) -> gather again -> verify: the shared converge loop of
-`providers.common`. libvirt is driven with virsh
-over the same pinned SSH connection as every other resource, so there is one host-key policy
-and one key source. Delete plans the removal through the same loop: shut down gracefully with a
-deadline, then destroy, undefine (with NVRAM) and remove the volumes it made.
+`providers.common`. libvirt is driven with virsh over the same pinned SSH connection as every
+other resource, so there is one host-key policy and one key source. Delete plans the removal
+through the same loop: shut down gracefully with a deadline, then destroy, undefine (with
+NVRAM) and remove the volumes it made.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from typing import Any
 
 from pulumi.dynamic import ReadResult
 
-from ..common.converge import Converger, Outcome, Snapshot, look
+from ..common.converge import Converger, Outcome, look
 from ..common.dynamic import HostResourceProvider, changed_inputs
+from ..common.plan import Snapshot
 from ..errors import GpuVmError
 from ..host import Host
 from . import guest
@@ -32,16 +33,17 @@ REPLACE_ON = {"address", "port", "name", "gpus", "gpuSelector", "vfs"}
 # Every other input (start, timeouts, user, hostKey) applies without touching the guest.
 RESTART_ON = {"vcpus", "memoryGib", "wholeNodes", "reservedCpus", "image", "kernelBoot",
               "firmware", "guest", "domainType", "cpuModel", "hugepages", "network"}
+DRIFT_HINT = (" - libvirt keeps the domain otherwise than vela defined it (the fields above); "
+              "check `virsh dumpxml` on the host and the libvirt version")
 OUTPUT_KEYS = ["uuid", "state", "addresses", "domainXml", "ncclTopology", "ncclEnvironment",
                "placement", "changes", "inSync", "drift"]
 
 
 def classify(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]]:
-    """Which changed inputs apply live, need a restart, or need a new domain. Pure."""
+    """Which changed inputs need a new domain, or a restart (the others apply live). Pure."""
     changed = changed_inputs(old, new)
     return {"replace": [key for key in changed if key in REPLACE_ON],
-            "restart": [key for key in changed if key in RESTART_ON],
-            "live": [key for key in changed if key not in REPLACE_ON | RESTART_ON]}
+            "restart": [key for key in changed if key in RESTART_ON]}
 
 
 class GpuVmProvider(HostResourceProvider):
@@ -87,8 +89,9 @@ def observe(host: Host, spec: GpuVmArgs) -> Snapshot[VmObservations]:
 def converger(host: Host, spec: GpuVmArgs, plan_for) -> Converger[VmObservations]:
     """The shared converge loop; a guest never needs the host rebooted."""
     return Converger(host=host, look=lambda: observe(host, spec), plan_for=plan_for,
-                     error=GpuVmError,
-                     apply_timeout=max(spec.wait_timeout, spec.shutdown_timeout) + 600)
+                     error=GpuVmError, hints={"domain": DRIFT_HINT},
+                     # a restart stops, starts and waits for the address in one command
+                     apply_timeout=spec.wait_timeout + spec.shutdown_timeout + 600)
 
 
 def converge_desired(host: Host, spec: GpuVmArgs, props: dict, *,

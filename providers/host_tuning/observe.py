@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..common import originals, shell
+from ..common import shell
 from ..common.records import decoded, records
 from ..common.selectors import PRESETS
 from .firmware import FirmwareDevice, FirmwareOutputError, parse_query
@@ -136,10 +136,6 @@ class Observations:
     @property
     def unit_enabled(self) -> bool:
         return UNIT_LINK in self.links
-
-    @property
-    def originals(self) -> dict | None:
-        return originals.parse(self.files.get(ORIGINALS_FILE))
 
     @property
     def bootloader(self) -> str | None:

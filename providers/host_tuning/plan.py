@@ -12,11 +12,12 @@ another is active (MAX_ACC_OUT_READ after ADVANCED_PCI_SETTINGS). The same funct
 from __future__ import annotations
 
 from ..common import shell
-from ..common.converge import Round, Snapshot
 from ..common.plan import (
     Change,
     Pending,
     Plan,
+    Round,
+    Snapshot,
     driver_change,
     file_changes,
     register_changes,
@@ -175,14 +176,15 @@ def firmware_tool(target: Target, observed: Observations) -> str:
 
 
 def plan_round(target: Target, snapshot: Snapshot[Observations], at: Round) -> Plan:
-    """The plan at one point of a converge run: huge pages that the kernel could not allocate
-    at run time (memory too fragmented) wait for the boot that reserves them, once."""
+    """The plan at one point of a converge run. Huge pages are first written at run time; a
+    pool still short after that means memory too fragmented to allocate them now, and they
+    wait for the boot whose command line reserves them, once."""
     current = plan(target, snapshot.facts, snapshot.observed)
     short = [change for change in current.changes if change.kind == "hugepages"]
     args_pending = any(item.cause == "kernel-args" for item in current.pending)
-    if not short or (at.booted and not args_pending):
-        # Short after a boot with that command line active: the node has no room; left as a
-        # change, so verify fails with the hint.
+    if not short or at.number == 0 or (at.booted and not args_pending):
+        # Not written yet this boot: try at run time. Short after a boot with that command
+        # line active: the node has no room; left as a change, so verify fails with the hint.
         return current
     waiting = [Pending(cause="hugepages", subject=change.subject,
                        detail=f"{change.detail} could not be allocated at run time; the kernel "

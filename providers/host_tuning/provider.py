@@ -16,8 +16,9 @@ from typing import Any
 from pulumi.dynamic import ReadResult
 
 from ..common import originals as saved
-from ..common.converge import Converger, Outcome, Snapshot, look
+from ..common.converge import Converger, Outcome, look
 from ..common.dynamic import HostResourceProvider
+from ..common.plan import Snapshot
 from ..errors import HostTuningError
 from ..facts.models import HostFacts
 from ..host import Host

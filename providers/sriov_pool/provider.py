@@ -13,9 +13,9 @@ from __future__ import annotations
 from pulumi.dynamic import ReadResult
 
 from ..common import originals as saved
-from ..common.converge import Converger, Outcome, Snapshot, look
+from ..common.converge import Converger, Outcome, look
 from ..common.dynamic import HostResourceProvider
-from ..common.plan import Plan
+from ..common.plan import Plan, Snapshot
 from ..errors import SriovPoolError
 from ..facts.models import PciDevice
 from ..host import Host

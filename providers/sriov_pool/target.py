@@ -63,7 +63,7 @@ def find_pf(spec: SriovPoolArgs, facts: HostFacts, observed: PoolObservations) -
                        for device in facts.pci.values()
                        if device.net and not device.is_virtual_function)
         raise SriovPoolError(f"no NIC port {spec.pf!r} on this host; its ports: "
-                        f"{', '.join(ports) or 'none'}")
+                             f"{', '.join(ports) or 'none'}")
     return facts.pci[address]
 
 

@@ -71,7 +71,8 @@ class FakeKernel:
             else:
                 self._load(argv[1])
         elif argv and argv[0].endswith("standin") and "set" in argv:
-            subprocess.run(argv, env={**os.environ, "VELA_ROOT": str(self.root)}, check=True,
+            subprocess.run(argv, env={**os.environ, "MSTCONFIG_STANDIN_ROOT": str(self.root)},
+                           check=True,
                            capture_output=True)
         # update-grub, modprobe, daemon-reload: nothing to emulate (the reboot reads the file)
 
@@ -169,9 +170,12 @@ class FakeKernel:
         self._boot_hugepages(cmdline)
         unit, script = (self.root / path.lstrip("/") for path in (UNIT_LINK, BOOT_SCRIPT))
         if unit.exists() and script.exists():
-            result = subprocess.run(["sh", str(script)],
-                                    env={**os.environ, "VELA_ROOT": str(self.root)},
-                                    capture_output=True, text=True)
+            # systemd runs the script on the live system (R=''); here the system is the root.
+            text = script.read_text()
+            live = "\nR=''\n"
+            assert live in text, f"{BOOT_SCRIPT} does not set the sysroot as shell.script does"
+            rooted = text.replace(live, f"\nR={shlex.quote(str(self.root))}\n", 1)
+            result = subprocess.run(["sh", "-s"], input=rooted, capture_output=True, text=True)
             self.after(result.stderr)
 
     def _boot_hugepages(self, cmdline: str) -> None:

@@ -1,0 +1,213 @@
+"""The converge loop all three resources share, and GpuVm's planner, on their own.
+
+The loop drives a small world: a host root whose files stand for settings, changed by the
+product's shell library through a real `LocalHost`. A setting configured "for the next boot"
+becomes active when the host reboots; the reboot is requested and waited for by the product's
+own `reboot_and_wait` (`systemctl reboot`, then a new boot id), which `BootingHost` turns into
+a reboot of the world instead of the machine running the tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from providers.common import shell
+from providers.common.converge import Converger, Outcome
+from providers.common.plan import Change, Pending, Plan, Round, Snapshot, file_changes
+from providers.errors import HostTuningError
+from providers.gpu_vm.observe import Domain, VmObservations
+from providers.gpu_vm.plan import plan as vm_plan
+from providers.gpu_vm.plan import plan_removal
+from providers.gpu_vm.spec import GpuVmArgs
+from providers.gpu_vm.target import DomainTarget
+from providers.host import LocalHost
+from providers.host.base import CommandResult
+
+BOOT_ID = "proc/sys/kernel/random/boot_id"
+SETTINGS = "/etc/world/settings"
+COUNT = "/etc/world/count"
+NEXT_BOOT = "/etc/world/next-boot"
+ACTIVE = "run/world/active"  # what the running system uses: set at boot from NEXT_BOOT
+
+
+class BootingHost(LocalHost):
+    """The world's host. `systemctl reboot` (systemctl(1): "Shut down and reboot the system")
+    boots the world: a new boot id, and what was configured for the next boot is active."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(str(root))
+        self.root = root
+        self.boots = 0
+        self.scripts: list[str] = []
+        (root / BOOT_ID).parent.mkdir(parents=True)
+        (root / BOOT_ID).write_text("boot-0\n")
+        (root / ACTIVE).parent.mkdir(parents=True)
+
+    def _execute(self, command: str, stdin: bytes | None, deadline: float) -> CommandResult:
+        if "systemctl reboot" in command:
+            self.boots += 1
+            (self.root / BOOT_ID).write_text(f"boot-{self.boots}\n")
+            configured = self.root / NEXT_BOOT.lstrip("/")
+            if configured.exists():
+                (self.root / ACTIVE).write_text(configured.read_text())
+            return CommandResult(command, 0, b"", b"")
+        if stdin and b"vela_fail()" in stdin:
+            self.scripts.append(stdin.decode())
+        return super()._execute(command, stdin, deadline)
+
+    def files(self) -> dict[str, str | None]:
+        found = {}
+        for path in (SETTINGS, COUNT, NEXT_BOOT, "/" + ACTIVE):
+            file = self.root / path.lstrip("/")
+            found[path] = file.read_text() if file.exists() else None
+        return found
+
+
+def _world(tmp_path: Path, plan_for, *, reboots="never") -> tuple[BootingHost, Converger]:
+    host = BootingHost(tmp_path)
+    converger = Converger(host=host, look=lambda: Snapshot(None, host.files()),
+                          plan_for=plan_for, error=HostTuningError, apply_timeout=60,
+                          reboots=reboots, reboot_timeout=5)
+    return host, converger
+
+
+def _settings_after_count(now: Snapshot, at: Round) -> Plan:
+    """As SriovPool plans: the count first, alone; the settings of what it made next round."""
+    if now.observed[COUNT] != "4":
+        return Plan(changes=[Change(kind="count", subject="pool", detail="-> 4",
+                                    calls=[shell.write_file(COUNT, "4")])])
+    return Plan(changes=file_changes({SETTINGS: "fast"}, now.observed))
+
+
+def _next_boot(now: Snapshot, at: Round) -> Plan:
+    """As HostTuning plans the kernel command line: configured now, active after a boot."""
+    result = Plan(changes=[change.model_copy(update={"effect": "next-boot"})
+                           for change in file_changes({NEXT_BOOT: "on"}, now.observed)])
+    if now.observed["/" + ACTIVE] != "on":
+        result.pending.append(Pending(cause="kernel-args", detail="on at the next boot"))
+    result.reboots_required = 1 if result.changes or result.pending else 0
+    return result
+
+
+def _start(host: BootingHost, converger: Converger, **options) -> Outcome:
+    return converger.converge(converger.look(), **options)
+
+
+def test_a_count_change_takes_two_rounds_then_nothing_is_left(tmp_path):
+    host, converger = _world(tmp_path, _settings_after_count)
+    done = _start(host, converger)
+    assert done.changes == ["count pool: -> 4", f"file {SETTINGS}: create"]
+    assert len(host.scripts) == 2 and host.boots == 0
+    assert done.plan.changes == [] and host.files()[SETTINGS] == "fast"
+    again = _start(host, converger)
+    assert again.changes == [] and len(host.scripts) == 2  # idempotent: nothing run
+
+
+def test_a_change_that_does_not_take_is_retried_once_then_named(tmp_path):
+    def stuck(now, at):
+        return Plan(changes=[Change(kind="setting", subject="x", detail="0 -> 1",
+                                    calls=[shell.call("true")])])
+
+    host, converger = _world(tmp_path, stuck)
+    with pytest.raises(HostTuningError) as caught:
+        _start(host, converger)
+    assert str(caught.value) == (f"{host.name}: these settings did not take:\n"
+                                 f" - setting x: 0 -> 1")
+    assert len(host.scripts) == 2  # the first try and one retry
+
+
+def test_first_runs_before_the_plan_and_finish_only_once_the_target_is_reached(tmp_path):
+    host, converger = _world(tmp_path, _settings_after_count)
+    _start(host, converger, first=[shell.write_file("/etc/world/saved", "originals")],
+           finish=[shell.call("vela_remove_file", "/etc/world/saved")])
+    assert host.scripts[0].index("vela_write_file /etc/world/saved") < \
+        host.scripts[0].index(f"vela_write_file {COUNT}")
+    assert len(host.scripts) == 3 and "vela_remove_file /etc/world/saved" in host.scripts[2]
+    assert not (tmp_path / "etc/world/saved").exists()
+
+    def impossible(now, at):
+        return Plan(changes=[Change(kind="setting", subject="x", detail="never",
+                                    calls=[shell.call("true")])])
+
+    host, converger = _world(tmp_path / "again", impossible)
+    with pytest.raises(HostTuningError):
+        _start(host, converger, finish=[shell.call("vela_remove_file", "/etc/world/saved")])
+    assert not any("vela_remove_file" in script.splitlines()[-1] for script in host.scripts)
+
+
+def test_a_reboot_only_when_allowed(tmp_path):
+    host, converger = _world(tmp_path / "never", _next_boot)
+    done = _start(host, converger)
+    assert host.boots == 0 and done.reboots == 0
+    assert done.plan.reasons() == ["kernel command line: on at the next boot"]  # reported
+
+    host, converger = _world(tmp_path / "allowed", _next_boot, reboots="allowed")
+    done = _start(host, converger)
+    assert host.boots == 1 and done.reboots == 1 and done.plan.pending == []
+    assert done.changes == [f"file {NEXT_BOOT}: create (next-boot)"]
+
+
+def test_a_reboot_that_changed_nothing_is_not_repeated(tmp_path):
+    def never_active(now, at):
+        return Plan(pending=[Pending(cause="firmware", subject="nic", detail="stays 0")],
+                    reboots_required=1)
+
+    host, converger = _world(tmp_path, never_active, reboots="allowed")
+    with pytest.raises(HostTuningError, match="still pending after 1 reboot\\(s\\): firmware "
+                                              "nic: stays 0"):
+        _start(host, converger)
+    assert host.boots == 1
+
+
+# -- GpuVm's planner -----------------------------------------------------------------------------
+
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+XML = "<domain><name>vm</name><memory>1048576</memory><vcpu>2</vcpu></domain>"
+TARGET = DomainTarget(layout=None, xml=XML, seed=b"seed", topology="<system/>")
+
+
+def _vm(**values) -> GpuVmArgs:
+    return GpuVmArgs.model_validate({
+        "address": "10.0.0.1", "hostKey": HOST_KEY, "name": "vm", "vcpus": 2, "memoryGib": 1,
+        "kernelBoot": {"kernel": "/k", "initrd": "/i"}, **values})
+
+
+def _running(xml: str = XML, addresses=("192.0.2.10",)) -> VmObservations:
+    return VmObservations(domains=[Domain("u", xml, "running")], addresses=list(addresses))
+
+
+def _kinds(plan: Plan) -> list[str]:
+    return [change.detail for change in plan.changes]
+
+
+def test_a_new_guest_is_defined_started_and_waited_for():
+    first = vm_plan(_vm(), TARGET, VmObservations(), Round(booted=False, number=0))
+    assert _kinds(first) == ["define", "start", "wait for its address"]
+    assert "vela_vm_wait_address vm 600" in first.calls[-1]
+
+
+def test_a_restart_happens_in_the_first_round_only_and_waits_for_the_new_boot():
+    spec = _vm()
+    first = vm_plan(spec, TARGET, _running(), Round(booted=False, number=0), restart=True)
+    # The guest still shows its old lease: the wait is for the restarted guest all the same.
+    assert _kinds(first) == ["redefine", "restart", "start", "wait for its address"]
+    later = vm_plan(spec, TARGET, _running(), Round(booted=False, number=1), restart=True)
+    assert later.changes == []
+
+
+def test_a_definition_libvirt_changed_is_planned_again_with_the_fields():
+    changed = XML.replace("<vcpu>2</vcpu>", "<vcpu>4</vcpu>")
+    redefine, = vm_plan(_vm(), TARGET, _running(changed), Round(False, 0)).changes
+    assert redefine.detail == "redefine (vcpus: 4 (wanted 2))"
+
+
+def test_removal_stops_undefines_and_removes_only_what_is_there():
+    spec = _vm()
+    disk = "/var/lib/libvirt/images/vela/vm.qcow2"
+    present = VmObservations(domains=[Domain("u", XML, "running")], present={disk})
+    removal = plan_removal(spec, present)
+    assert _kinds(removal) == ["stop and undefine", "remove"]
+    assert removal.calls[:2] == ["vela_vm_stop vm 120", "vela_virsh undefine --nvram vm"]
+    assert plan_removal(spec, VmObservations()).changes == []
