@@ -81,8 +81,8 @@ class HostTuningProvider(HostResourceProvider):
         topology = _topology(host, spec, now.facts)
         desired = desired_target(spec, now.facts, now.observed, topology)
         drift = plan(desired, now.facts, now.observed)
-        found = _originals(props, now.observed) or original_target(desired, now.facts,
-                                                                   now.observed)
+        found = _originals(host, props, now.observed) or original_target(
+            desired, now.facts, now.observed)
         return ReadResult(id_, outputs(spec, props, now, topology, desired, found, drift,
                                        changes=[], reboots=0))
 
@@ -112,7 +112,7 @@ def converge_desired(host: Host, spec: HostTuningArgs, props: dict,
     if problems:
         raise HostTuningError(f"{host.name}: preflight found {len(problems)} problem(s); "
                               f"nothing was changed:\n - " + "\n - ".join(problems))
-    found = _originals(previous or {}, now.observed)
+    found = _originals(host, previous or {}, now.observed)
     originals = merge_originals(found.model_dump() if found else None,
                                 original_target(desired, now.facts, now.observed))
 
@@ -132,7 +132,7 @@ def restore_originals(host: Host, spec: HostTuningArgs, props: dict) -> Outcome 
     """Delete: converge back to the originals saved before the first change, then remove the
     record. None when nothing was ever changed on this host."""
     now = observe(host, spec)
-    originals = _originals(props, now.observed)
+    originals = _originals(host, props, now.observed)
     if originals is None:
         return None
     return converger(host, spec, lambda _: originals).converge(
@@ -146,8 +146,9 @@ def _topology(host: Host, spec: HostTuningArgs, facts: HostFacts) -> Topology:
         raise HostTuningError(f"{host.name}: {exc}") from None
 
 
-def _originals(props: dict, observed: Observations) -> Target | None:
-    return saved.load(Target, observed.files.get(ORIGINALS_FILE), props)
+def _originals(host: Host, props: dict, observed: Observations) -> Target | None:
+    return saved.load(Target, observed.files.get(ORIGINALS_FILE), props, host=host.name,
+                      path=ORIGINALS_FILE, error=HostTuningError)
 
 
 def outputs(spec: HostTuningArgs, props: dict, now: Snapshot[Observations],

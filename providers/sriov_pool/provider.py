@@ -55,11 +55,12 @@ class SriovPoolProvider(HostResourceProvider):
 
     def read(self, id_: str, props: dict) -> ReadResult:
         spec = self.parse_inputs(props)
-        now = observe(self._host(spec), spec)
+        host = self._host(spec)
+        now = observe(host, spec)
         pf = find_pf(spec, now.facts, now.observed)
         desired = desired_target(spec, now.facts, now.observed, pf)
         drift = plan(spec, desired, now.facts, now.observed, pf, refuse=False)
-        found = _originals(spec, props, now.observed) or original_target(
+        found = _originals(host, spec, props, now.observed) or original_target(
             spec, desired, now.facts, now.observed, pf)
         return ReadResult(id_, outputs(spec, props, now, pf, found, drift, []))
 
@@ -92,7 +93,7 @@ def converge_desired(host: Host, spec: SriovPoolArgs, props: dict,
     if problems:
         raise SriovPoolError(f"{host.name}: {' '.join(problems)}. Nothing was changed.")
     desired = desired_target(spec, now.facts, now.observed, pf)
-    originals = _originals(spec, previous or {}, now.observed) or original_target(
+    originals = _originals(host, spec, previous or {}, now.observed) or original_target(
         spec, desired, now.facts, now.observed, pf)
     where = paths(spec)["originals"]
     done = converger(host, spec, lambda snapshot, port: desired_target(
@@ -106,16 +107,18 @@ def restore_originals(host: Host, spec: SriovPoolArgs, props: dict) -> Outcome |
     """Delete: the VF count and settings the PF had, through the same planner; then the record
     goes. None when nothing was ever changed."""
     now = observe(host, spec)
-    originals = _originals(spec, props, now.observed)
+    originals = _originals(host, spec, props, now.observed)
     if originals is None:
         return None
     return converger(host, spec, lambda *_: originals).converge(
         now, finish=saved.removal_calls(paths(spec)["originals"], ORIGINALS_DIRS))
 
 
-def _originals(spec: SriovPoolArgs, props: dict,
+def _originals(host: Host, spec: SriovPoolArgs, props: dict,
                observed: PoolObservations) -> PoolTarget | None:
-    return saved.load(PoolTarget, observed.files.get(paths(spec)["originals"]), props)
+    where = paths(spec)["originals"]
+    return saved.load(PoolTarget, observed.files.get(where), props, host=host.name,
+                      path=where, error=SriovPoolError)
 
 
 def outputs(spec: SriovPoolArgs, props: dict, now: Snapshot[PoolObservations], pf: PciDevice,

@@ -92,6 +92,7 @@ def test_originals_survive_the_wire_with_their_absent_values():
     """Pulumi drops null values inside outputs; "this argument was absent" is an original
     value delete must restore, so the originals travel as one JSON string."""
     from providers.common import originals as saved
+    from providers.errors import VelaError
     from providers.host_tuning.target import Target
     from tests.support.provider_harness import from_struct, to_struct
 
@@ -99,5 +100,5 @@ def test_originals_survive_the_wire_with_their_absent_values():
                        firmware={"0000:1b:00.0": {"MAX_ACC_OUT_READ": None, "SRIOV_EN": 0}})
     wire = from_struct(to_struct({"originals": saved.record(originals),
                                   "asObject": originals.model_dump(mode="json")}))
-    assert saved.load(Target, None, wire) == originals
+    assert saved.load(Target, None, wire, host="node0", path="/x", error=VelaError) == originals
     assert "iommu" not in wire["asObject"]["kernel_args"]  # what an object would have lost

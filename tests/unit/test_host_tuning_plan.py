@@ -344,3 +344,17 @@ def test_ats_on_the_nics_virtual_functions_follows_the_mode(tmp_path):
     assert {r.address for r in desired.registers.values() if r.what == "ATS enable"} == \
         set(topology.nic_vfs) and all(r.value == 0 for r in desired.registers.values()
                                       if r.what == "ATS enable")
+
+
+@pytest.mark.parametrize("record", ["{\"kernel_args\": {", "", "[1, 2]", "{\"files\": 3}"])
+def test_a_damaged_originals_record_stops_create_and_delete(tmp_path, record):
+    """Read as "no originals", a damaged record would let this create save the tuned state as
+    the originals, and delete would then restore the wrong values."""
+    rig = Rig(tmp_path)
+    rig.apply([shell.write_file(ORIGINALS_FILE, record, 0o600)])
+    before = rig.snapshot()
+    for run in (rig.converge, rig.restore):
+        with pytest.raises(HostTuningError, match=f"{ORIGINALS_FILE} is not a record of the "
+                                                  f"values vela found.*will not guess"):
+            run()
+    assert rig.snapshot() == before  # nothing was changed
