@@ -192,7 +192,9 @@ def _registers(spec: HostTuningArgs, facts: HostFacts,
             registers.append(Register(address=bridge, offset=acs.offset + 6, value=value,
                                       mask=ACS_MASK, what="ACS control"))
     if spec.max_read_request:
-        for address in topology.gpus + topology.nic_pfs + topology.nic_vfs:
+        # Not on VFs: their Max_Read_Request_Size is RsvdP, the PF's value applies (PCIe Base
+        # Specification, SR-IOV Device Control; drivers/pci/probe.c, pci_configure_mps).
+        for address in topology.gpus + topology.nic_pfs:
             registers.append(max_read_request(facts.pci[address], spec.max_read_request))
     if spec.ats:
         for address in topology.nic_vfs:

@@ -108,7 +108,6 @@ class SriovPoolArgs(SshTarget):
         trust=False, spoofchk=True, vlan=0, link_state="auto"))
     overrides: list[VfOverride] = Field(default_factory=list)  # per-VF settings
     ats: bool = True
-    max_read_request: Literal[128, 256, 512, 1024, 2048, 4096, False] = 4096
     pf_mtu: int | None = Field(default=None, ge=68, le=9216)
     network: Network | None = None
     wait_timeout: int = Field(default=120, ge=5, le=1800)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from lxml import etree
 from pydantic import BaseModel, Field
 
-from ..common.registers import Register, ats_enable, current_register, max_read_request
+from ..common.registers import Register, ats_enable, current_register
 from ..errors import SriovPoolError
 from ..facts.models import HostFacts, PciDevice
 from .bootunit import boot_script, unit_text
@@ -81,10 +81,10 @@ def desired_target(spec: SriovPoolArgs, facts: HostFacts, observed: PoolObservat
         if vf.index >= spec.num_vfs or vf.address not in facts.pci:
             continue
         device = facts.pci[vf.address]
-        registers = [ats_enable(device, spec.mode == "vm") if spec.ats else None,
-                     max_read_request(device, spec.max_read_request)
-                     if spec.max_read_request else None]
-        target.registers.update({reg.key: reg for reg in registers if reg is not None})
+        # ATS only: a VF's Max Read Request is RsvdP (the PF's, set by HostTuning, applies).
+        register = ats_enable(device, spec.mode == "vm") if spec.ats else None
+        if register is not None:
+            target.registers[register.key] = register
     if spec.network is not None:
         netdev = observed.netdev or spec.pf
         target.network = NetworkTarget(name=spec.network.name, autostart=spec.network.autostart,

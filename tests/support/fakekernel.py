@@ -19,6 +19,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
+from providers.facts.pciconfig import decode
 from providers.host import LocalHost
 from providers.host.base import CommandResult
 from providers.host_tuning import grub
@@ -33,6 +34,7 @@ from tests.support.kernel_cmdline import cmdline_value
 from .fakehost import FakeHost
 
 STANDIN = Path(__file__).resolve().parent / "standins" / "mstconfig-standin"
+VF_RSVDP_DEVCTL = 0x70E0  # Device Control: Max_Read_Request_Size 14:12, Max_Payload_Size 7:5
 # What GRUB puts before the configured arguments (the fixture boots the same way).
 BOOT_PREFIX = ("BOOT_IMAGE=/boot/vmlinuz-6.1.0-28-amd64 "
                "root=UUID=3f1c2b9e-5a8d-4e61-9c0e-2b7f4a6d8e10 ro")
@@ -104,6 +106,7 @@ class FakeKernel:
         was unbound and probed to its override or its default driver."""
         for pool in self.root.glob("sys/devices/system/node/node*/hugepages/hugepages-*"):
             self._fit(pool)
+        self._keep_reserved_fields()
         for device in sorted(self.root.glob("sys/bus/pci/devices/*")):
             override = (device / "driver_override").read_text().strip()
             override = None if override in ("", "(null)") else override
@@ -115,6 +118,28 @@ class FakeKernel:
         for leftover in [self.root / "sys/bus/pci/drivers_probe",
                          *self.root.glob("sys/bus/pci/drivers/*/unbind")]:
             leftover.unlink(missing_ok=True)
+
+    def _keep_reserved_fields(self) -> None:
+        """Config-space writes the hardware ignores: a VF's Device Control Max_Payload_Size
+        (bits 7:5) and Max_Read_Request_Size (14:12) are RsvdP, the PF's values apply (PCI
+        Express Base Specification, SR-IOV chapter, "Device Control Register Changes" for VFs;
+        drivers/pci/probe.c, pci_configure_mps: "MPS and MRRS fields are of type 'RsvdP' for
+        VFs"). Whatever vela wrote there reads back as before."""
+        for address, function in self.host.functions.items():
+            config = self.root / "sys/bus/pci/devices" / address / "config"
+            if function.physfn is None or not config.exists():
+                continue
+            data = bytearray(config.read_bytes())
+            pcie = decode(bytes(data)).pcie
+            if pcie is None:
+                continue
+            control = pcie.offset + 8
+            held = int.from_bytes(self.host.config_space(address)[control:control + 2], "little")
+            written = int.from_bytes(data[control:control + 2], "little")
+            kept = (written & ~VF_RSVDP_DEVCTL) | (held & VF_RSVDP_DEVCTL)
+            if kept != written:
+                data[control:control + 2] = kept.to_bytes(2, "little")
+                config.write_bytes(bytes(data))
 
     def _fit(self, pool: Path) -> None:
         node = int(pool.parent.parent.name.removeprefix("node"))

@@ -124,7 +124,7 @@ def test_vm_mode_plan_for_a_fresh_hgx_node(tmp_path):
     # ACS capability, as the specification allows).
     assert len(acs) == 12 and all(change.detail.endswith(f"-> {ACS_VM:#06x}") for change in acs)
     mrrs = [change for change in _by_kind(current, "register") if "Max Read" in change.detail]
-    assert len(mrrs) == 8 + 8 + 16  # GPUs, NIC PFs, their VFs
+    assert len(mrrs) == 8 + 8  # GPUs and NIC PFs: a VF's Max Read Request is RsvdP
     assert all(int(change.detail.split("-> ")[1], 16) & 0x7000 == 0x5000 for change in mrrs)
     firmware = _by_kind(current, "firmware")
     assert [change.subject for change in firmware] == [
@@ -358,3 +358,19 @@ def test_a_damaged_originals_record_stops_create_and_delete(tmp_path, record):
                                                   f"values vela found.*will not guess"):
             run()
     assert rig.snapshot() == before  # nothing was changed
+
+
+def test_a_vf_ignores_max_read_request_writes_and_vela_never_plans_them(tmp_path):
+    """The stand-in keeps a VF's Max_Read_Request_Size as the hardware does (RsvdP), so a plan
+    that wrote it could never verify; vela sets it on GPUs and PFs only."""
+    rig = Rig(tmp_path)
+    facts, _, topology, desired = rig.look()
+    vf = facts.device(topology.nic_vfs[0])
+    before = vf.caps.pcie.max_read_request
+    rig.apply([shell.call("vela_cfg_write", vf.address, vf.caps.pcie.offset + 8, 0x5000,
+                          0x7000)])
+    facts, _, _, _ = rig.look()
+    assert facts.device(vf.address).caps.pcie.max_read_request == before != 4096
+    vf_registers = [register for register in desired.registers.values()
+                    if register.address in topology.nic_vfs]
+    assert [register.what for register in vf_registers] == ["ATS enable"] * len(vf_registers)

@@ -184,3 +184,22 @@ def test_a_down_pf_is_brought_up_now_and_at_boot_and_put_back_on_delete(facts):
     up = PoolObservations(pf=PF, netdev="enp68s0", autoprobe="0", pf_up=True)
     restore = plan(spec, original, facts, up, pf, refuse=False).changes
     assert [c.calls for c in restore if c.kind == "link"] == [[f"vela_link {PF} down"]]
+
+
+def test_vf_registers_are_ats_only(tmp_path):
+    """A VF's Max Read Request is RsvdP: the pool never writes it (the PF's value applies)."""
+    from providers.facts import gather_facts
+    from providers.host import LocalHost
+    from tests.support.hgx import hgx_a100
+
+    with pytest.raises(ValidationError, match="maxReadRequest"):
+        _spec(maxReadRequest=4096)
+    fake, layout = hgx_a100(nic_vfs=2, nic_ats=True)
+    facts = gather_facts(LocalHost(str(fake.write(tmp_path))))
+    switch = layout.switches[0]
+    pf = facts.device(switch.nic_pfs[0])
+    spec = _spec(pf=pf.address, numVfs=2)
+    observed = PoolObservations(pf=pf.address, netdev=switch.nic_interfaces[0], autoprobe="0")
+    target = desired_target(spec, facts, observed, pf)
+    whats = [register.what for register in target.registers.values()]
+    assert whats == ["ATS enable", "ATS enable"]  # one per VF, nothing else
