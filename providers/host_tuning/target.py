@@ -189,8 +189,12 @@ def _registers(spec: HostTuningArgs, facts: HostFacts,
         value = ACS_VM if spec.mode == "vm" else ACS_BAREMETAL
         for bridge in _acs_bridges(facts, topology):
             acs = facts.pci[bridge].caps.acs
-            registers.append(Register(address=bridge, offset=acs.offset + 6, value=value,
-                                      mask=ACS_MASK, what="ACS control"))
+            # Only the controls the port implements: the others are hardwired to 0 (PCIe
+            # Base Specification, ACS Control Register) and would never read back as written.
+            supported = ACS_MASK & acs.capability
+            registers.append(Register(address=bridge, offset=acs.offset + 6,
+                                      value=value & supported, mask=supported,
+                                      what="ACS control"))
     if spec.max_read_request:
         # Not on VFs: their Max_Read_Request_Size is RsvdP, the PF's value applies (PCIe Base
         # Specification, SR-IOV Device Control; drivers/pci/probe.c, pci_configure_mps).

@@ -120,25 +120,30 @@ class FakeKernel:
             leftover.unlink(missing_ok=True)
 
     def _keep_reserved_fields(self) -> None:
-        """Config-space writes the hardware ignores: a VF's Device Control Max_Payload_Size
+        """Config-space writes the hardware ignores. A VF's Device Control Max_Payload_Size
         (bits 7:5) and Max_Read_Request_Size (14:12) are RsvdP, the PF's values apply (PCI
         Express Base Specification, SR-IOV chapter, "Device Control Register Changes" for VFs;
         drivers/pci/probe.c, pci_configure_mps: "MPS and MRRS fields are of type 'RsvdP' for
-        VFs"). Whatever vela wrote there reads back as before."""
+        VFs"). An ACS Control bit without its ACS Capability bit. What was written there reads back
+        as the hardware holds it."""
         for address, function in self.host.functions.items():
             config = self.root / "sys/bus/pci/devices" / address / "config"
-            if function.physfn is None or not config.exists():
+            if not config.exists():
                 continue
             data = bytearray(config.read_bytes())
-            pcie = decode(bytes(data)).pcie
-            if pcie is None:
-                continue
-            control = pcie.offset + 8
-            held = int.from_bytes(self.host.config_space(address)[control:control + 2], "little")
-            written = int.from_bytes(data[control:control + 2], "little")
-            kept = (written & ~VF_RSVDP_DEVCTL) | (held & VF_RSVDP_DEVCTL)
-            if kept != written:
-                data[control:control + 2] = kept.to_bytes(2, "little")
+            caps = decode(bytes(data))
+            if function.physfn is not None and caps.pcie is not None:
+                control = caps.pcie.offset + 8
+                power_on = self.host.config_space(address)[control:control + 2]
+                held = int.from_bytes(power_on, "little")
+                _keep_bits(data, control, VF_RSVDP_DEVCTL, held)
+            if caps.acs is not None:
+                # ACS Control: a control bit whose capability is not implemented is hardwired
+                # to 0b (PCIe Base Specification, ACS Extended Capability, ACS Control
+                # Register: "If the ACS ... functionality is not implemented, this bit must be
+                # hardwired to 0b"); bits 15:7 are reserved.
+                _keep_bits(data, caps.acs.offset + 6, 0xFFFF & ~caps.acs.capability, 0)
+            if data != config.read_bytes():
                 config.write_bytes(bytes(data))
 
     def _fit(self, pool: Path) -> None:
@@ -221,6 +226,12 @@ class FakeKernel:
             pool = self.root / f"sys/devices/system/node/node{node}/hugepages/hugepages-{kib}kB"
             (pool / "nr_hugepages").write_text(f"{pages}\n")
             self._fit(pool)
+
+
+def _keep_bits(data: bytearray, offset: int, mask: int, value: int) -> None:
+    """The 16-bit register at `offset`, with the bits in `mask` held at `value`."""
+    written = int.from_bytes(data[offset:offset + 2], "little")
+    data[offset:offset + 2] = ((written & ~mask) | (value & mask)).to_bytes(2, "little")
 
 
 class KernelHost(LocalHost):

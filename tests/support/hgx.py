@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .fakehost import FakeHost, Function
+from .fakehost import ACS_LINUX_DEFAULT, FakeHost, Function
 
 A100_SXM4_80GB = 0x20B2
 NVSWITCH = 0x1AF1
@@ -63,8 +63,10 @@ class HgxLayout:
 
 def hgx_a100(*, hostname: str = "hgx-a100-01", cmdline: str | None = None,
              hugepages_1g_per_node: int = 0, nic_vfs: int = 0, nic_ats: bool = False,
-             iommu_active: bool = True,
+             iommu_active: bool = True, switch_acs: int = 0x005F,
              grub_defaults: str | None = None) -> tuple[FakeHost, HgxLayout]:
+    """`switch_acs`: the ACS Capability of the switches' downstream ports (the default has
+    every control but Egress; 0x001F, without Direct Translated P2P, as some switches have)."""
     options = {} if cmdline is None else {"cmdline": cmdline}
     host = FakeHost(hostname=hostname, cpu_vendor="GenuineIntel", iommu_table="DMAR",
                     iommu_active=iommu_active, grub_defaults=grub_defaults, **options)
@@ -74,7 +76,8 @@ def hgx_a100(*, hostname: str = "hgx-a100-01", cmdline: str | None = None,
     layout = HgxLayout()
     _chipset(host, layout)
     for index, (bus, node) in enumerate([(0x16, 0), (0x30, 0), (0x97, 1), (0xB0, 1)]):
-        layout.switches.append(_gpu_switch(host, index, bus, node, nic_vfs, nic_ats))
+        layout.switches.append(_gpu_switch(host, index, bus, node, nic_vfs, nic_ats,
+                                           switch_acs))
     _nvswitches(host, layout)
     return host, layout
 
@@ -93,9 +96,10 @@ def _chipset(host: FakeHost, layout: HgxLayout) -> None:
 
 
 def _gpu_switch(host: FakeHost, index: int, bus: int, node: int, nic_vfs: int,
-                nic_ats: bool) -> SwitchLayout:
+                nic_ats: bool, switch_acs: int) -> SwitchLayout:
     complex_ = host.root_complex(bus, numa_node=node)
-    switch = host.switch(host.root_port(complex_, 0x01, 0), downstream_ports=4)
+    switch = host.switch(host.root_port(complex_, 0x01, 0), downstream_ports=4,
+                         acs=(switch_acs, ACS_LINUX_DEFAULT & switch_acs))
     gpus = [host.endpoint(port, vendor_id=NVIDIA, device_id=A100_SXM4_80GB,
                           class_code=CLASS_3D, driver="nvidia", ats_control=0x0000,
                           bars=A100_BARS)[0]

@@ -41,8 +41,10 @@ DEBIAN_GRUB = recorded("files/etc-default-grub-debian12.txt")
 class Rig:
     """The HGX fixture, a host rooted at it, and the fake kernel."""
 
-    def __init__(self, root: Path, mode: str = "vm", nic_ats: bool = False, **spec) -> None:
-        self.fake, self.layout = hgx_a100(nic_vfs=2, nic_ats=nic_ats, grub_defaults=DEBIAN_GRUB)
+    def __init__(self, root: Path, mode: str = "vm", nic_ats: bool = False,
+                 switch_acs: int = 0x005F, **spec) -> None:
+        self.fake, self.layout = hgx_a100(nic_vfs=2, nic_ats=nic_ats, switch_acs=switch_acs,
+                                          grub_defaults=DEBIAN_GRUB)
         self.root = self.fake.write(root)
         self.kernel = FakeKernel(self.fake, self.root)
         self.host = KernelHost(self.kernel)
@@ -374,3 +376,24 @@ def test_a_vf_ignores_max_read_request_writes_and_vela_never_plans_them(tmp_path
     vf_registers = [register for register in desired.registers.values()
                     if register.address in topology.nic_vfs]
     assert [register.what for register in vf_registers] == ["ATS enable"] * len(vf_registers)
+
+
+def test_acs_on_ports_without_direct_translated_p2p(tmp_path):
+    """A switch port whose ACS Capability lacks DT (0x1F) holds that control bit at 0: vela
+    writes and checks only what the port implements, and converges."""
+    rig = Rig(tmp_path, switch_acs=0x001F)
+    switch = rig.layout.switches[0]
+    port = rig.look()[0].path_between(switch.gpus[0], switch.nic_pfs[0])[1]
+    offset = rig.look()[0].device(port).caps.acs.offset + 6
+    rig.apply([shell.call("vela_cfg_write", port, offset, 0x005D, 0x007F)])  # as vela did
+    assert rig.look()[0].device(port).caps.acs.control == 0x001D  # DT held at 0
+    _, _, _, desired = rig.look()
+    acs = [register for register in desired.registers.values() if register.what == "ACS control"]
+    assert acs and {(register.value, register.mask) for register in acs} == {(0x001D, 0x001F)}
+    assert not [change for change in _by_kind(rig.plan(), "register") if "ACS" in change.detail]
+    done = rig.converge()
+    assert done["inSync"] and done["drift"] == []
+    facts, _, _, _ = rig.look()
+    switch = rig.layout.switches[0]
+    for bridge in facts.path_between(switch.gpus[0], switch.nic_pfs[0])[1:]:
+        assert facts.device(bridge).caps.acs.control == 0x001D  # SV, RR, CR, UF
