@@ -212,7 +212,11 @@ def acs_path(facts: HostFacts, pair: Pairing) -> list[str]:
 
 
 def _acs_bridges(facts: HostFacts, topology: Topology) -> list[str]:
-    bridges = {bridge for pair in topology.pairs for bridge in acs_path(facts, pair)
+    """The bridges between each GPU and every selected NIC under its switch (not only the NIC
+    it is paired with: GPUDirect traffic may use any of them)."""
+    paths = [facts.path_between(pair.gpu, nic) for pair in topology.pairs if pair.switch
+             for nic in topology.nic_pfs if facts.upstream_switch(nic) == pair.switch]
+    bridges = {bridge for path in paths for bridge in path
                if facts.pci[bridge].caps and facts.pci[bridge].caps.acs}
     return sorted(bridges)
 

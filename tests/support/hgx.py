@@ -63,10 +63,12 @@ class HgxLayout:
 
 def hgx_a100(*, hostname: str = "hgx-a100-01", cmdline: str | None = None,
              hugepages_1g_per_node: int = 0, nic_vfs: int = 0, nic_ats: bool = False,
-             iommu_active: bool = True, switch_acs: int = 0x005F,
+             iommu_active: bool = True, switch_acs: int = 0x005F, second_nic: bool = False,
              grub_defaults: str | None = None) -> tuple[FakeHost, HgxLayout]:
     """`switch_acs`: the ACS Capability of the switches' downstream ports (the default has
-    every control but Egress; 0x001F, without Direct Translated P2P, as some switches have)."""
+    every control but Egress; 0x001F, without Direct Translated P2P, as some switches have).
+    `second_nic`: one more single-port ConnectX-6 on each switch's fourth downstream port, as
+    DGX A100-like nodes have two NICs under a switch."""
     options = {} if cmdline is None else {"cmdline": cmdline}
     host = FakeHost(hostname=hostname, cpu_vendor="GenuineIntel", iommu_table="DMAR",
                     iommu_active=iommu_active, grub_defaults=grub_defaults, **options)
@@ -77,7 +79,7 @@ def hgx_a100(*, hostname: str = "hgx-a100-01", cmdline: str | None = None,
     _chipset(host, layout)
     for index, (bus, node) in enumerate([(0x16, 0), (0x30, 0), (0x97, 1), (0xB0, 1)]):
         layout.switches.append(_gpu_switch(host, index, bus, node, nic_vfs, nic_ats,
-                                           switch_acs))
+                                           switch_acs, second_nic))
     _nvswitches(host, layout)
     return host, layout
 
@@ -96,7 +98,7 @@ def _chipset(host: FakeHost, layout: HgxLayout) -> None:
 
 
 def _gpu_switch(host: FakeHost, index: int, bus: int, node: int, nic_vfs: int,
-                nic_ats: bool, switch_acs: int) -> SwitchLayout:
+                nic_ats: bool, switch_acs: int, second_nic: bool) -> SwitchLayout:
     complex_ = host.root_complex(bus, numa_node=node)
     switch = host.switch(host.root_port(complex_, 0x01, 0), downstream_ports=4,
                          acs=(switch_acs, ACS_LINUX_DEFAULT & switch_acs))
@@ -112,6 +114,14 @@ def _gpu_switch(host: FakeHost, index: int, bus: int, node: int, nic_vfs: int,
                         net=interfaces, acs=NIC_ACS, sriov_total_vfs=8,
                         sriov_vf_device=CONNECTX6_VF,
                         ats_control=0x0000 if nic_ats else None, bars=[32 << 20])
+    if second_nic:
+        port = switch.downstream[3]
+        interfaces.append(f"enp{port.secondary_bus}s0np0")
+        pfs += host.endpoint(port, vendor_id=MELLANOX, device_id=CONNECTX6,
+                             class_code=CLASS_ETHERNET, driver="mlx5_core",
+                             net=interfaces[-1:], acs=NIC_ACS, sriov_total_vfs=8,
+                             sriov_vf_device=CONNECTX6_VF,
+                             ats_control=0x0000 if nic_ats else None, bars=[32 << 20])
     if nic_vfs:
         for pf, interface in zip(pfs, interfaces, strict=True):
             host.add_vfs(pf, nic_vfs, driver="mlx5_core", net_prefix=interface.rsplit("np", 1)[0])

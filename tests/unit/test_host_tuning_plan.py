@@ -42,9 +42,9 @@ class Rig:
     """The HGX fixture, a host rooted at it, and the fake kernel."""
 
     def __init__(self, root: Path, mode: str = "vm", nic_ats: bool = False,
-                 switch_acs: int = 0x005F, **spec) -> None:
+                 switch_acs: int = 0x005F, second_nic: bool = False, **spec) -> None:
         self.fake, self.layout = hgx_a100(nic_vfs=2, nic_ats=nic_ats, switch_acs=switch_acs,
-                                          grub_defaults=DEBIAN_GRUB)
+                                          second_nic=second_nic, grub_defaults=DEBIAN_GRUB)
         self.root = self.fake.write(root)
         self.kernel = FakeKernel(self.fake, self.root)
         self.host = KernelHost(self.kernel)
@@ -397,3 +397,17 @@ def test_acs_on_ports_without_direct_translated_p2p(tmp_path):
     switch = rig.layout.switches[0]
     for bridge in facts.path_between(switch.gpus[0], switch.nic_pfs[0])[1:]:
         assert facts.device(bridge).caps.acs.control == 0x001D  # SV, RR, CR, UF
+
+
+def test_every_nic_under_a_switch_is_on_a_gpu_nic_path(tmp_path):
+    """Two NICs under one switch (DGX A100-like): the second NIC's downstream port gets ACS
+    too, not only the port of the NIC each GPU is paired with."""
+    rig = Rig(tmp_path, second_nic=True)
+    facts, _, _, desired = rig.look()
+    with_acs = {register.address for register in desired.registers.values()
+                if register.what == "ACS control"}
+    for switch in rig.layout.switches:
+        second = switch.nic_pfs[-1]
+        assert facts.path_between(switch.gpus[0], second)[-1] in with_acs
+    done = rig.converge()
+    assert done["inSync"]
