@@ -105,7 +105,9 @@ def firmware_targets(spec: HostTuningArgs) -> list[tuple[str, str]]:
             vendor, device = selector.split(":")
             pairs = [(vendor, device)]
         else:
-            pairs = [(selector, "")]
+            # A PCI address: the tool configures a NIC through its function 0, whichever
+            # function the stack selected.
+            pairs = [(selector.rsplit(".", 1)[0] + ".0", "")]
         for pair in pairs:
             if spec.firmware.enabled is None and pair[1] != "" and pair[0] != "15b3":
                 continue

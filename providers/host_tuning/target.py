@@ -29,6 +29,7 @@ from .observe import (
 )
 from .spec import HostTuningArgs
 
+MELLANOX = 0x15B3  # ConnectX (Mellanox, now NVIDIA networking)
 ACS_MASK = 0x007F  # every defined ACS control bit
 ACS_VM = 0x005D  # SV, RR, CR, UF, DT: isolation for untranslated P2P, direct for translated
 ACS_BAREMETAL = 0x0000  # bare-metal GPUDirect: peer traffic never detours through the root
@@ -139,7 +140,7 @@ def desired_target(spec: HostTuningArgs, facts: HostFacts, observed: Observation
         target.drivers = {address: "vfio-pci" for address in topology.vfio_devices}
         target.modules = {"vfio_pci": True}
     _hugepages(spec, facts, target)
-    _firmware(spec, observed, topology, target)
+    _firmware(spec, facts, observed, topology, target)
     target.sysctls = dict(spec.sysctls)
     target.files = _files(spec, facts, topology, target)
     target.unit_enabled = True
@@ -236,15 +237,19 @@ def _hugepages(spec: HostTuningArgs, facts: HostFacts, target: Target) -> None:
     target.hugepages_total = total
 
 
-def _firmware(spec: HostTuningArgs, observed: Observations, topology: Topology,
-              target: Target) -> None:
+def _firmware(spec: HostTuningArgs, facts: HostFacts, observed: Observations,
+              topology: Topology, target: Target) -> None:
     if spec.firmware.enabled is False:
         return
     settings = {**recipe_settings(spec.mode, spec.firmware.num_vfs), **spec.firmware.settings}
     for device in sorted({_function_zero(address) for address in topology.nic_pfs}):
+        function = facts.pci.get(device)
         query = observed.firmware.get(device)
-        if query is None and spec.firmware.enabled is None:
-            continue  # auto: only devices the tool answers for (ConnectX)
+        if query is None and spec.firmware.enabled is None and not (
+                function and function.vendor_id == MELLANOX):
+            continue  # auto: ConnectX NICs (other NICs have no such settings)
+        # A ConnectX without an answer from a tool (none installed) stays in the target:
+        # preflight then says which tool to install, instead of skipping its firmware.
         target.firmware[device] = dict(settings)
     if target.firmware:
         target.firmware_tool = spec.firmware.tool

@@ -411,3 +411,25 @@ def test_every_nic_under_a_switch_is_on_a_gpu_nic_path(tmp_path):
         assert facts.path_between(switch.gpus[0], second)[-1] in with_acs
     done = rig.converge()
     assert done["inSync"]
+
+
+def test_connectx_firmware_is_never_skipped_silently(tmp_path):
+    """Firmware settings asked for (the recipe's default) on a ConnectX: with no tool given
+    and none found, or none that answers, preflight fails and says so; before, the NIC's
+    firmware was left out without a word."""
+    rig = Rig(tmp_path, firmware={"tool": "auto"})
+    facts, observed, topology, desired = rig.look()
+    assert sorted(desired.firmware) == sorted(switch.nic_pfs[0]
+                                              for switch in rig.layout.switches)
+    problems = preflight(rig.spec, facts, observed, topology, desired)
+    assert len([p for p in problems if "no mlxconfig or mstconfig on the host" in p
+                or "the firmware tool could not query it" in p]) == 4, problems
+
+
+def test_a_nic_selected_by_its_second_function_is_configured_through_function_zero(tmp_path):
+    rig = Rig(tmp_path)
+    second = rig.layout.switches[0].nic_pfs[1]
+    rig.spec = rig.spec_with(nicSelector=[second], firmware={"tool": STANDIN})
+    _, observed, _, desired = rig.look()
+    first = second.rsplit(".", 1)[0] + ".0"
+    assert list(desired.firmware) == [first] and observed.firmware[first].device is not None
