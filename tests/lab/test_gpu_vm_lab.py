@@ -67,7 +67,7 @@ def test_nested_guest_with_gpu_and_vf(lab, tmp_path):
     config = {"vela:sshPrivateKey": lab.key_path.read_text()}
     with ProviderServer(config=config, log=tmp_path / "provider.log") as server:
         pool_inputs = with_provider(SriovPoolProvider(), {
-            **_base(lab_host), "pf": ISOLATED_PF, "numVfs": 1, "maxReadRequest": False})
+            **_base(lab_host), "pf": ISOLATED_PF, "numVfs": 1})
         pool_id, pool = server.create("pool", server.check("pool", {}, pool_inputs)[0])
         vf, = pool["vfs"]
 
