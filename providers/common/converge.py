@@ -11,16 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Generic, Literal, TypeVar
+from typing import Generic, Literal
 
 from ..errors import VelaError
 from ..facts import parse_facts, run_gather
 from ..host import Host
 from ..host.reboot import reboot_and_wait
 from . import shell
-from .plan import Plan, Round, Snapshot
+from .plan import O, Plan, Round, Snapshot
 
-O = TypeVar("O")  # noqa: E741 - a resource's own observations, whatever their type
 MAX_REBOOTS = 3
 # Per boot: a count change, then the new functions' settings, then a margin for a change that
 # did not take at once (a driver still probing); a plan seen a third time is stuck.

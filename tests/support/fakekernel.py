@@ -130,8 +130,9 @@ class FakeKernel:
             config = self.root / "sys/bus/pci/devices" / address / "config"
             if not config.exists():
                 continue
-            data = bytearray(config.read_bytes())
-            caps = decode(bytes(data))
+            found = config.read_bytes()
+            data = bytearray(found)
+            caps = decode(found)
             if function.physfn is not None and caps.pcie is not None:
                 control = caps.pcie.offset + 8
                 power_on = self.host.config_space(address)[control:control + 2]
@@ -143,7 +144,7 @@ class FakeKernel:
                 # Register: "If the ACS ... functionality is not implemented, this bit must be
                 # hardwired to 0b"); bits 15:7 are reserved.
                 _keep_bits(data, caps.acs.offset + 6, 0xFFFF & ~caps.acs.capability, 0)
-            if data != config.read_bytes():
+            if data != found:
                 config.write_bytes(bytes(data))
 
     def _fit(self, pool: Path) -> None:
