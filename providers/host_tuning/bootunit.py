@@ -1,7 +1,7 @@
 """The boot-time unit HostTuning installs: what the kernel forgets at every reboot, re-applied.
 
 Huge pages per NUMA node (when the command line alone does not place them as asked), vfio-pci
-bindings by address, and PCIe register values (ACS, Max Read Request, ATS) are lost at reboot.
+bindings by address, and PCIe register values (ACS, Max Read Request) are lost at reboot.
 A oneshot systemd unit runs the rendered script early, before libvirt starts guests. Pure.
 """
 

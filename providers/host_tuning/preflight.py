@@ -45,7 +45,7 @@ def _iommu(facts: HostFacts) -> list[str]:
 
 
 def _config_space(spec: HostTuningArgs, facts: HostFacts, topology: Topology) -> list[str]:
-    if not (spec.acs or spec.max_read_request or spec.ats):
+    if not (spec.acs or spec.max_read_request):
         return []
     # Unprivileged readers see only the first 64 bytes; conventional PCI functions have 256.
     unreadable = [address for address in topology.gpus + topology.nic_pfs

@@ -92,7 +92,7 @@ class HostTuningArgs(SshTarget):
     blacklist_nouveau: bool = True
     hugepages: HugePages | None = None
     acs: bool = True
-    ats: bool = True
+    # No `ats`: a VF's ATS is SriovPool's (it makes the VFs, at boot too, after this unit).
     # false leaves Max Read Request alone (null cannot: Pulumi drops null inputs).
     max_read_request: Literal[128, 256, 512, 1024, 2048, 4096, False] = 4096
     firmware: Firmware = Field(default_factory=Firmware)

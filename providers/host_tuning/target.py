@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ..common.registers import Register, ats_enable, current_register, max_read_request
+from ..common.registers import Register, current_register, max_read_request
 from ..common.selectors import matches
 from ..facts.cmdline import param_key, parse_cmdline
 from ..facts.models import HostFacts, PciDevice
@@ -201,9 +201,6 @@ def _registers(spec: HostTuningArgs, facts: HostFacts,
         # Specification, SR-IOV Device Control; drivers/pci/probe.c, pci_configure_mps).
         for address in topology.gpus + topology.nic_pfs:
             registers.append(max_read_request(facts.pci[address], spec.max_read_request))
-    if spec.ats:
-        for address in topology.nic_vfs:
-            registers.append(ats_enable(facts.pci[address], spec.mode == "vm"))
     return {register.key: register for register in registers if register is not None}
 
 

@@ -1,6 +1,6 @@
 """The boot unit SriovPool installs: the kernel forgets VFs at every reboot, so a oneshot unit
-re-creates them with the same count, settings, driver and registers, before libvirt starts
-guests. Pure.
+re-creates them with the same count, settings, driver and registers, after HostTuning's unit
+(host settings first) and before libvirt starts guests. Pure.
 """
 
 from __future__ import annotations
@@ -22,9 +22,14 @@ HEADER = "# Written by vela (SriovPool); removed when the resource is deleted.\n
 
 def unit_text(spec: SriovPoolArgs, script: str) -> str:
     return (f"{HEADER}[Unit]\nDescription=vela: the VFs of {spec.pf}, re-created at boot\n"
-            "After=systemd-udev-settle.service systemd-modules-load.service\n"
+            # After HostTuning's unit: host settings (the PF's registers, vfio-pci loaded),
+            # then the VFs, then their settings (this script). Both ways round would be a cycle:
+            # HostTuning's unit runs before sysinit.target, this one (default dependencies)
+            # after it.
+            "After=systemd-udev-settle.service systemd-modules-load.service "
+            "vela-host-tuning.service\n"
             "Wants=systemd-udev-settle.service\n"
-            "Before=libvirtd.service virtqemud.service vela-host-tuning.service\n\n"
+            "Before=libvirtd.service virtqemud.service\n\n"
             f"[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart={script}\n\n"
             "[Install]\nWantedBy=multi-user.target\n")
 

@@ -42,8 +42,10 @@ class Rig:
     """The HGX fixture, a host rooted at it, and the fake kernel."""
 
     def __init__(self, root: Path, mode: str = "vm", nic_ats: bool = False,
-                 switch_acs: int = 0x005F, second_nic: bool = False, **spec) -> None:
-        self.fake, self.layout = hgx_a100(nic_vfs=2, nic_ats=nic_ats, switch_acs=switch_acs,
+                 switch_acs: int = 0x005F, second_nic: bool = False, nic_vfs: int = 0,
+                 **spec) -> None:
+        # No VFs by default: a power cycle removes them (SriovPool's unit makes them again).
+        self.fake, self.layout = hgx_a100(nic_vfs=nic_vfs, nic_ats=nic_ats, switch_acs=switch_acs,
                                           second_nic=second_nic, grub_defaults=DEBIAN_GRUB)
         self.root = self.fake.write(root)
         self.kernel = FakeKernel(self.fake, self.root)
@@ -335,17 +337,14 @@ def test_preflight_needs_the_config_space_an_unprivileged_user_cannot_read(tmp_p
                and "connect as root" in problem for problem in problems)
 
 
-def test_ats_on_the_nics_virtual_functions_follows_the_mode(tmp_path):
-    vm = [c for c in Rig(tmp_path / "vm", nic_ats=True).plan().changes
-          if c.kind == "register" and "ATS" in c.detail]
-    assert len(vm) == 16 and all(c.detail.endswith("-> 0x8000") for c in vm)
-    bare = Rig(tmp_path / "bare", mode="baremetal", nic_ats=True)
-    assert [c for c in bare.plan().changes
-            if c.kind == "register" and "ATS" in c.detail] == []  # already off
-    facts, _, topology, desired = bare.look()
-    assert {r.address for r in desired.registers.values() if r.what == "ATS enable"} == \
-        set(topology.nic_vfs) and all(r.value == 0 for r in desired.registers.values()
-                                      if r.what == "ATS enable")
+def test_hosttuning_leaves_the_vfs_to_sriov_pool(tmp_path):
+    """VFs exist only once SriovPool's unit makes them at boot, after HostTuning's: HostTuning
+    plans nothing on them (their ATS is SriovPool's), or its boot unit would fail."""
+    rig = Rig(tmp_path, nic_ats=True, nic_vfs=2)
+    _, _, topology, desired = rig.look()
+    assert topology.nic_vfs
+    assert not [register for register in desired.registers.values()
+                if register.address in topology.nic_vfs]
 
 
 @pytest.mark.parametrize("record", ["{\"kernel_args\": {", "", "[1, 2]", "{\"files\": 3}"])
@@ -365,7 +364,7 @@ def test_a_damaged_originals_record_stops_create_and_delete(tmp_path, record):
 def test_a_vf_ignores_max_read_request_writes_and_vela_never_plans_them(tmp_path):
     """The stand-in keeps a VF's Max_Read_Request_Size as the hardware does (RsvdP), so a plan
     that wrote it could never verify; vela sets it on GPUs and PFs only."""
-    rig = Rig(tmp_path)
+    rig = Rig(tmp_path, nic_vfs=2)
     facts, _, topology, desired = rig.look()
     vf = facts.device(topology.nic_vfs[0])
     before = vf.caps.pcie.max_read_request
@@ -373,9 +372,8 @@ def test_a_vf_ignores_max_read_request_writes_and_vela_never_plans_them(tmp_path
                           0x7000)])
     facts, _, _, _ = rig.look()
     assert facts.device(vf.address).caps.pcie.max_read_request == before != 4096
-    vf_registers = [register for register in desired.registers.values()
-                    if register.address in topology.nic_vfs]
-    assert [register.what for register in vf_registers] == ["ATS enable"] * len(vf_registers)
+    assert not [register for register in desired.registers.values()
+                if register.address in topology.nic_vfs]
 
 
 def test_acs_on_ports_without_direct_translated_p2p(tmp_path):

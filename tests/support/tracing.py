@@ -1,0 +1,183 @@
+"""Runs a command under strace so that a fake kernel sees every write it makes, in order, and
+can act on them between the script's calls, as a real kernel acts inside each write.
+
+A fake root is plain files: a write to `unbind`, `drivers_probe` or `sriov_numvfs` only leaves
+bytes behind, and a second write to the same file hides the first. `strace -f -y` logs each
+write(2) with the path its file descriptor resolves to and the bytes written (strace(1): `-y`
+"print paths associated with file descriptor arguments"; a line is printed when the syscall
+returns, before the process is resumed, so the log is complete up to the traced process's
+current point). Scripts built by `providers.common.shell.script` get a sync point after each
+call: the script waits there until the fake kernel has handled what the call wrote, and stops
+(like the real call's failed write) when the kernel refused one of those writes.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+# --seccomp-bpf: the traced processes stop only at the traced calls (nearly native speed).
+STRACE = ["strace", "-f", "--seccomp-bpf", "-qq", "-y", "-xx", "-s", "1048576",
+          "-e", "trace=write,pwrite64", "-e", "signal=none"]
+# pid write(fd<path>, "bytes", count) = result (pwrite64 adds an offset); with -xx the path and
+# the bytes are all \xHH escapes, so nothing in them is ambiguous.
+_WRITE = re.compile(r'^\d+\s+p?write(?:64)?\(\d+<(?P<path>[^>]*)>, "(?P<data>(?:[^"\\]|\\.)*)"'
+                    r'(?:\.\.\.)?, \d+(?:, \d+)?\)\s+= (?P<result>-?\d+)')
+_SYNC_NAME = "vela_kernel_sync"
+
+
+@dataclass(frozen=True)
+class Write:
+    """One completed write(2): the resolved path of the file and the bytes."""
+
+    path: str
+    data: bytes
+
+
+# Handles the writes since the last call; returns a refusal message, or None.
+Handler = Callable[[list[Write]], "str | None"]
+
+
+def run_traced(command: str, stdin: bytes | None, handle: Handler,
+               timeout: float) -> tuple[int, bytes, bytes]:
+    """Run `sh -c command` traced; `handle` gets the writes at each sync point and at the end.
+    Returns (exit code, stdout, stderr)."""
+    if shutil.which("strace") is None:
+        raise RuntimeError("the fake kernel needs strace to see a test's writes: run scripts/setup")
+    with tempfile.TemporaryDirectory(prefix="vela-trace-") as scratch:
+        log, request, reply = (Path(scratch) / name for name in ("log", "sync", "reply"))
+        os.mkfifo(request)
+        os.mkfifo(reply)
+        reader = _LogReader(log)
+        refusals: list[str] = []
+
+        def serve() -> None:
+            while True:
+                with open(request) as pipe:
+                    if pipe.read() != "sync":
+                        return
+                refused = handle(reader.writes_until(str(request)))
+                if refused:
+                    refusals.append(refused)
+                with open(reply, "w") as pipe:
+                    pipe.write("refused\n" if refused else "ok\n")
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        script = with_sync_points(stdin, request, reply)
+        process = subprocess.Popen([*STRACE, "-o", str(log), "sh", "-c", command],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            stdout, stderr = process.communicate(script or b"", timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+        with open(request, "w") as pipe:
+            pipe.write("done")
+        server.join()
+        refused = handle(reader.new_writes())
+        if refused:
+            refusals.append(refused)
+        code = process.returncode
+        if refusals:
+            stderr += "".join(f"fake kernel: {message}\n" for message in refusals).encode()
+            code = code or 1
+        return code, stdout, stderr
+
+
+def with_sync_points(stdin: bytes | None, request: Path, reply: Path) -> bytes | None:
+    """A vela script (library, `R=...`, one call per line) with a sync point after each call;
+    anything else unchanged. A refused write stops the script, as the real call's `vela_fail`
+    would; in a keep-going boot script it marks the script failed and goes on."""
+    if stdin is None:
+        return None
+    text = stdin.decode()
+    match = re.search(r"^R=.*$", text, flags=re.MULTILINE)
+    if match is None or "vela_fail()" not in text[:match.start()]:
+        return stdin
+    sync = (f"{_SYNC_NAME}() {{ printf sync > {shlex.quote(str(request))}; "
+            f"read -r vela_answer < {shlex.quote(str(reply))}; "
+            f'[ "$vela_answer" = ok ]; }}')
+    head, rest = text[:match.end()], text[match.end():]
+    lines: list[str] = [sync]
+    pending = ""
+    for line in rest.splitlines():
+        pending = f"{pending}\n{line}" if pending else line
+        if not _complete(pending):
+            continue  # a quoted value spans lines: sync after the whole call
+        lines.append(pending)
+        if pending.strip() and not pending.lstrip().startswith(("#", "exit")):
+            failed = "status=1" if pending.rstrip().endswith("|| status=1") else "exit 1"
+            lines.append(f"{_SYNC_NAME} || {failed}")
+        pending = ""
+    if pending:
+        lines.append(pending)
+    return (head + "\n" + "\n".join(lines) + "\n").encode()
+
+
+def _complete(line: str) -> bool:
+    try:
+        shlex.split(line)
+    except ValueError:
+        return False
+    return True
+
+
+class _LogReader:
+    """The strace log, read on: whole lines only (the traced process may be mid-line)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.held: list[Write] = []  # read past a sync write: the next batch's
+
+    def writes_until(self, path: str, timeout: float = 30.0) -> list[Write]:
+        """The writes up to the one into `path` (a sync request): strace logs it once the
+        write returns, which may be a moment after the reader got the bytes; every earlier
+        write is logged before it."""
+        writes: list[Write] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            writes += self.new_writes()
+            for index, write in enumerate(writes):
+                if write.path == path:
+                    self.held = writes[index + 1:]
+                    return writes[:index]
+            time.sleep(0.002)
+        raise AssertionError(f"strace never logged the sync write into {path}")
+
+    def new_writes(self) -> list[Write]:
+        held, self.held = self.held, []
+        return held + self._read()
+
+    def _read(self) -> list[Write]:
+        if not self.path.exists():
+            return []
+        with open(self.path, "rb") as log:
+            log.seek(self.offset)
+            chunk = log.read()
+        complete = chunk[:chunk.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        writes = []
+        for line in complete.decode(errors="replace").splitlines():
+            found = _WRITE.match(line)
+            if found and int(found["result"]) >= 0:
+                writes.append(Write(_unescape(found["path"]).decode(errors="replace"),
+                                    _unescape(found["data"])))
+        return writes
+
+
+def _unescape(text: str) -> bytes:
+    return codecs.escape_decode(text.encode())[0]
