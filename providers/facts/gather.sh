@@ -27,15 +27,37 @@ first_line "$R/proc/sys/kernel/hostname"; emit host - hostname "$v"
 first_line "$R/proc/sys/kernel/osrelease"; emit host - kernel "$v"
 first_line "$R/proc/cmdline"; emit host - cmdline "$v"
 if [ -r "$R/proc/cpuinfo" ]; then
-  vendor_seen='' bits_seen=''
+  vendor_seen='' bits_seen='' flags_seen=''
   while IFS= read -r line; do
     case $line in
       vendor_id*) [ -n "$vendor_seen" ] || emit host - cpu_vendor "${line#*: }"; vendor_seen=1 ;;
       "address sizes"*) [ -n "$bits_seen" ] || emit host - address_sizes "${line#*: }"; bits_seen=1 ;;
+      flags*)  # of the first CPU, only those vela looks at ("vmx flags" is another line)
+        if [ -z "$flags_seen" ]; then
+          found=''
+          for flag in vmx svm hypervisor; do
+            case " ${line#*:} " in *" $flag "*) found="$found $flag" ;; esac
+          done
+          emit host - cpu_flags "${found# }"
+        fi
+        flags_seen=1 ;;
     esac
-    [ -n "$vendor_seen" ] && [ -n "$bits_seen" ] && break
+    [ -n "$vendor_seen" ] && [ -n "$bits_seen" ] && [ -n "$flags_seen" ] && break
   done < "$R/proc/cpuinfo"
 fi
+if [ -e "$R/dev/kvm" ]; then emit host - kvm_device yes; else emit host - kvm_device no; fi
+# Kernel lockdown (Secure Boot): "none [integrity] confidentiality". Root only (mode 0600).
+first_line "$R/sys/kernel/security/lockdown"; emit host - lockdown "$v"
+# Daemons that keep NVIDIA GPUs open, by /proc/PID/comm (names cut to 15 characters).
+holders=''
+for comm in "$R"/proc/[0-9]*/comm; do
+  first_line "$comm"  # a process that ended in the meantime reads as empty
+  case $v in
+    nvidia-persiste|nv-fabricmanage|nv-hostengine)
+      case " $holders " in *" $v "*) ;; *) holders="$holders $v" ;; esac ;;
+  esac
+done
+emit host - gpu_holders "${holders# }"
 if [ -r "$R/proc/meminfo" ]; then
   while read -r key value _unit; do
     case $key in MemTotal:|Hugepagesize:) emit meminfo - "${key%:}" "$value" ;; esac

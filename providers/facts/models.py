@@ -6,13 +6,19 @@ Nothing here touches a host; `providers.facts.gather` builds these from one roun
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel, Field
 
-from .cmdline import parse_cmdline
+from .cmdline import cmdline_params, parse_cmdline
 from .pciconfig import PcieCapabilities
 
 PCI_CLASS_BRIDGE = 0x06
 PCI_SUBCLASS_PCI_BRIDGE = 0x04
+# The daemons that keep NVIDIA GPUs (and NVSwitches) open, by the name /proc/PID/comm shows: the
+# kernel keeps 15 characters of a process name (TASK_COMM_LEN 16, with the terminating NUL).
+GPU_HOLDERS = {"nvidia-persiste": "nvidia-persistenced", "nv-fabricmanage": "nv-fabricmanager",
+               "nv-hostengine": "nv-hostengine"}
 
 
 class HugePagePool(BaseModel):
@@ -117,10 +123,26 @@ class HostFacts(BaseModel):
     iommu: Iommu = Field(default_factory=Iommu)
     numa_nodes: list[NumaNode] = Field(default_factory=list)
     pci: dict[str, PciDevice] = Field(default_factory=dict)
+    # None below: not gathered (output of an older gather.sh, or the file was unreadable).
+    cpu_flags: list[str] | None = None  # the flags vela looks at: vmx, svm, hypervisor
+    kvm_device: bool | None = None  # /dev/kvm exists
+    lockdown: str | None = None  # kernel lockdown: "none", "integrity" or "confidentiality"
+    gpu_holders: list[str] | None = None  # running daemons that keep GPUs open (GPU_HOLDERS)
 
     @property
     def cmdline_args(self) -> list[str]:
         return parse_cmdline(self.cmdline)
+
+    @property
+    def kernel_version(self) -> tuple[int, int] | None:
+        """(major, minor) of the running kernel's release (`6.1.0-28-amd64` -> (6, 1))."""
+        match = re.match(r"(\d+)\.(\d+)", self.kernel)
+        return (int(match[1]), int(match[2])) if match else None
+
+    @property
+    def iommu_kind(self) -> str:
+        """The IOMMU's maker, intel or amd: from the ACPI table if any, else the CPU vendor."""
+        return self.iommu.kind or ("amd" if self.cpu_vendor == "AuthenticAMD" else "intel")
 
     def device(self, address: str) -> PciDevice:
         try:
@@ -150,3 +172,28 @@ class HostFacts(BaseModel):
         common = [a for a, b in zip(up_first, up_second, strict=False) if a == b]
         lowest = common[-1:]
         return sorted(set(up_first[len(common):]) | set(up_second[len(common):]) | set(lowest))
+
+
+def iommu_live(facts: HostFacts) -> bool:
+    """The running kernel brought up an IOMMU: units in /sys/class/iommu and devices in
+    /sys/kernel/iommu_groups. Only then can a device be bound to vfio-pci and passed through."""
+    return facts.iommu.active
+
+
+def iommu_requested(facts: HostFacts) -> bool:
+    """The running kernel was booted to bring up the IOMMU: on Intel, `intel_iommu=on` (the last
+    on/off among its options wins); on AMD, unless `amd_iommu=off` (the AMD IOMMU is on by
+    default: there is no `amd_iommu=on`). `iommu=off` turns both off. A kernel built with the
+    IOMMU on by default (CONFIG_INTEL_IOMMU_DEFAULT_ON) may have it live without the argument:
+    `iommu_live` tells."""
+    enabled = facts.iommu_kind == "amd"
+    option = f"{facts.iommu_kind}_iommu"
+    for key, value in cmdline_params(facts.cmdline):
+        options = (value or "").split(",")
+        if key == "iommu" and "off" in options:
+            return False
+        if key == option:
+            for choice in options:
+                if choice in {"on", "off"}:
+                    enabled = choice == "on"
+    return enabled

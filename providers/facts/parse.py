@@ -13,7 +13,15 @@ import re
 import zlib
 from collections import defaultdict
 
-from .models import HostFacts, HugePagePool, Iommu, NumaNode, PciDevice, VirtualFunction
+from .models import (
+    GPU_HOLDERS,
+    HostFacts,
+    HugePagePool,
+    Iommu,
+    NumaNode,
+    PciDevice,
+    VirtualFunction,
+)
 from .pciconfig import decode
 
 FORMAT_VERSION = "1"
@@ -55,6 +63,8 @@ def parse_gather_output(text: str) -> HostFacts:
             setattr(facts, field, value)
         elif kind == "host" and field == "address_sizes":
             facts.physical_address_bits = _int(value.split()[0]) if value.split() else None
+        elif kind == "host":
+            _host(facts, field, value)
         elif kind == "meminfo":
             _meminfo(facts, field, value)
         elif kind == "iommu":
@@ -95,6 +105,24 @@ def _records(text: str) -> list[tuple[str, str, str, str]]:
     if meta.get("end") != "ok":
         raise GatherOutputError("facts output was cut short (no end marker)")
     return records
+
+
+def _host(facts: HostFacts, field: str, value: str) -> None:
+    if field == "cpu_flags":
+        facts.cpu_flags = value.split()
+    elif field == "kvm_device":
+        facts.kvm_device = value == "yes"
+    elif field == "lockdown":
+        facts.lockdown = _bracketed(value)
+    elif field == "gpu_holders":
+        facts.gpu_holders = sorted({GPU_HOLDERS[name] for name in value.split()
+                                    if name in GPU_HOLDERS})
+
+
+def _bracketed(value: str) -> str | None:
+    """The selected word of a sysfs choice list (`none [integrity] confidentiality`)."""
+    match = re.search(r"\[([^\]]+)\]", value)
+    return match[1] if match else None
 
 
 def _meminfo(facts: HostFacts, field: str, value: str) -> None:

@@ -135,7 +135,12 @@ class FakeHost:
                  kernel: str = "6.1.0-28-amd64",
                  cmdline: str = "BOOT_IMAGE=/boot/vmlinuz-6.1.0-28-amd64 root=UUID="
                                 "3f1c2b9e-5a8d-4e61-9c0e-2b7f4a6d8e10 ro quiet",
-                 default_hugepage_kib: int = 2048, grub_defaults: str | None = None) -> None:
+                 default_hugepage_kib: int = 2048, grub_defaults: str | None = None,
+                 cpu_flags: str | None = None, kvm: bool = True, lockdown: str | None = "none",
+                 processes: tuple[str, ...] = ()) -> None:
+        """`cpu_flags`: the flags line of /proc/cpuinfo (None: a bare-metal CPU's, with vmx or
+        svm); `kvm`: /dev/kvm exists; `lockdown`: the kernel lockdown level (None: no
+        securityfs file); `processes`: names of running processes (/proc/PID/comm)."""
         if cpu_vendor not in {"GenuineIntel", "AuthenticAMD"}:
             raise ImpossibleHardware(f"unknown CPU vendor {cpu_vendor!r}")
         expected_table = "DMAR" if cpu_vendor == "GenuineIntel" else "IVRS"
@@ -144,6 +149,8 @@ class FakeHost:
                                      f"not {iommu_table}")
         if iommu_active and iommu_table is None:
             raise ImpossibleHardware("an IOMMU cannot be active without its ACPI table")
+        if lockdown not in (None, "none", "integrity", "confidentiality"):
+            raise ImpossibleHardware(f"no kernel lockdown level {lockdown!r}")
         self.hostname = hostname
         self.cpu_vendor = cpu_vendor
         self.iommu_table = iommu_table
@@ -152,6 +159,13 @@ class FakeHost:
         self.cmdline = cmdline
         self.default_hugepage_kib = default_hugepage_kib
         self.grub_defaults = grub_defaults
+        virtualization = "vmx" if cpu_vendor == "GenuineIntel" else "svm"
+        self.cpu_flags = cpu_flags if cpu_flags is not None else \
+            f"fpu vme de pse tsc msr pae mce cx8 apic sep pge cmov pat clflush sse sse2 ht " \
+            f"syscall nx pdpe1gb lm {virtualization} x2apic popcnt aes avx"
+        self.kvm = kvm
+        self.lockdown = lockdown
+        self.processes = tuple(processes)
         self.modules: set[str] = set()
         self.nodes: dict[int, NumaSpec] = {}
         self.complexes: list[RootComplex] = []
@@ -381,7 +395,8 @@ class _HostWriter:
         host = self.host
         cpus = sorted(cpu for node in host.nodes.values() for cpu in node.cpus)
         self._file("proc/cpuinfo", "".join(
-            f"processor\t: {cpu}\nvendor_id\t: {host.cpu_vendor}\n\n" for cpu in cpus))
+            f"processor\t: {cpu}\nvendor_id\t: {host.cpu_vendor}\nflags\t\t: {host.cpu_flags}\n\n"
+            for cpu in cpus))
         self._file("proc/cmdline", host.cmdline + "\n")
         self._file("proc/sys/kernel/hostname", host.hostname + "\n")
         self._file("proc/sys/kernel/osrelease", host.kernel + "\n")
@@ -390,6 +405,14 @@ class _HostWriter:
                                            for name in sorted(host.modules)))
         if host.grub_defaults is not None:
             self._file("etc/default/grub", host.grub_defaults)
+        if host.kvm:
+            self._file("dev/kvm", "")  # a character device on a real host: its presence counts
+        if host.lockdown is not None:  # as security/lockdown/lockdown.c prints it
+            self._file("sys/kernel/security/lockdown", " ".join(
+                f"[{level}]" if level == host.lockdown else level
+                for level in ("none", "integrity", "confidentiality")) + "\n")
+        for pid, name in enumerate(host.processes, 1000):
+            self._file(f"proc/{pid}/comm", name[:15] + "\n")  # TASK_COMM_LEN: 15 + NUL
         # The directories every Debian/RHEL root has, which configuration lands in.
         for directory in STANDARD_DIRECTORIES:
             (self.root / directory).mkdir(parents=True, exist_ok=True)
