@@ -23,7 +23,7 @@ from ..common.plan import (
     register_changes,
     unit_changes,
 )
-from ..facts.cmdline import param_key, parse_cmdline
+from ..facts.cmdline import parse_cmdline
 from ..facts.models import HostFacts
 from . import grub
 from .firmware import REQUIRES_ACTIVE, set_arguments
@@ -97,26 +97,31 @@ def _kernel_args(target: Target, facts: HostFacts, observed: Observations,
     if not target.kernel_args:
         return
     if GRUBBY in target.grub:
-        add, remove = grub.grubby_arguments(observed.grubby_args or "", target.grub[GRUBBY])
+        current = observed.grubby_args or ""
+        add, remove = grub.grubby_arguments(current, target.grub[GRUBBY])
         if add or remove:
+            # grubby sets an argument by name, replacing one of that name already there: what
+            # goes is removed first, in a call of its own (grubby's C program adds first).
+            calls = [shell.call("vela_grubby", "", " ".join(remove))] if remove else []
+            calls += [shell.call("vela_grubby", " ".join(add), "")] if add else []
+            before = grub.configured_line(current)
+            after = grub.configured_line(grub.edit_line(current, target.grub[GRUBBY]))
             result.changes.append(Change(
-                kind="kernel-args", subject="grubby", detail=_args_detail(add, remove),
-                effect="next-boot",
-                calls=[shell.call("vela_grubby", " ".join(add), " ".join(remove))]))
+                kind="kernel-args", subject="grubby", detail=_args_detail(before, after),
+                effect="next-boot", calls=calls))
     else:
         current = observed.files.get(GRUB_DEFAULTS) or ""
         edited = grub.edit(current, target.grub)
         if edited != current:
-            before, after = grub.configured(current), grub.configured(edited)
-            add = [token for key, token in after.items() if before.get(key) != token]
-            remove = [token for key, token in before.items() if key not in after]
             tool = observed.bootloader or "update-grub"
             result.changes.append(Change(
-                kind="kernel-args", subject=GRUB_DEFAULTS, detail=_args_detail(add, remove),
+                kind="kernel-args", subject=GRUB_DEFAULTS,
+                detail=_args_detail(grub.configured(current), grub.configured(edited)),
                 effect="next-boot",
                 calls=[shell.write_file(GRUB_DEFAULTS, edited), shell.call("vela_bootloader",
                                                                            tool)]))
-    active = {param_key(token): token for token in parse_cmdline(facts.cmdline)}
+    tokens = parse_cmdline(facts.cmdline)
+    active = dict(zip(grub.arg_keys(tokens, target.kernel_args), tokens, strict=True))
     for key, token in target.kernel_args.items():
         if token and active.get(key) != token:
             result.pending.append(Pending(cause="kernel-args",
@@ -126,7 +131,9 @@ def _kernel_args(target: Target, facts: HostFacts, observed: Observations,
                                           f"active until the next boot"))
 
 
-def _args_detail(add: list[str], remove: list[str]) -> str:
+def _args_detail(before: dict[str, str], after: dict[str, str]) -> str:
+    add = [token for key, token in after.items() if before.get(key) != token]
+    remove = [token for key, token in before.items() if key not in after]
     parts = [f"+{token}" for token in add] + [f"-{token}" for token in remove]
     return " ".join(parts) or "reorder"
 

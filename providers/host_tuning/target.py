@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from ..common.registers import Register, current_register, max_read_request
 from ..common.selectors import matches
-from ..facts.cmdline import param_key, parse_cmdline
+from ..facts.cmdline import param_keys
 from ..facts.models import HostFacts, PciDevice
 from . import bootunit, grub
 from .firmware import recipe_settings
@@ -165,7 +165,10 @@ def _kernel_args(spec: HostTuningArgs, facts: HostFacts,
         else:
             tokens.append("hugepages=" + ",".join(
                 f"{node}:{count}" for node, count in sorted(spec.hugepages.per_node.items())))
-    return {(param_key(token) if isinstance(token, str) else token[0]):
+    # Keyed where they stand: the pool's hugepages= is hugepages[SIZE] (one line can hold a pool
+    # per size; vela owns only its own).
+    keys = iter(param_keys([token for token in tokens if isinstance(token, str)]))
+    return {(next(keys) if isinstance(token, str) else token[0]):
             (token if isinstance(token, str) else None) for token in tokens}
 
 
@@ -179,7 +182,7 @@ def _grub_placement(observed: Observations,
 def configured_args(observed: Observations) -> dict[str, str]:
     """The arguments the bootloader configuration gives the next boot: key -> token."""
     if observed.bootloader == "grubby":
-        return {param_key(token): token for token in parse_cmdline(observed.grubby_args or "")}
+        return grub.configured_line(observed.grubby_args or "")
     return grub.configured(observed.files.get(GRUB_DEFAULTS) or "")
 
 
@@ -286,9 +289,9 @@ def original_target(desired: Target, facts: HostFacts, observed: Observations) -
     if GRUBBY in desired.grub:
         original.grub = {GRUBBY: dict(original.kernel_args)}
     else:
-        found = grub.variables(observed.files.get(GRUB_DEFAULTS) or "")
+        found = grub.keyed(observed.files.get(GRUB_DEFAULTS) or "")
         for variable, keys in desired.grub.items():
-            tokens = {param_key(token): token for token in found.get(variable, [])}
+            tokens = found.get(variable, {})
             original.grub[variable] = {key: tokens.get(key) for key in keys}
     original.files = {path: observed.files.get(path) for path in desired.files}
     if desired.unit_enabled is not None:

@@ -42,3 +42,23 @@ def test_dashes_and_underscores_are_the_same_key_and_the_last_value_wins():
     assert cmdline_value("intel-iommu=off intel_iommu=on", "intel_iommu") == "on"
     assert cmdline_params("nouveau.modeset=0 iommu") == [("nouveau.modeset", "0"),
                                                          ("iommu", None)]
+
+
+def test_huge_page_arguments_are_keyed_by_the_pool_they_belong_to():
+    """`hugepages=` counts pages of the size set just before it by `hugepagesz=` or
+    `default_hugepagesz=`; one before any size counts pages of the default size
+    (Documentation/admin-guide/mm/hugetlbpage.rst)."""
+    from providers.facts.cmdline import param_keys
+
+    assert param_keys(parse_cmdline("ro hugepagesz=2M hugepages=1024 quiet hugepagesz=1G "
+                                    "hugepages=0:8,1:8")) == [
+        "ro", "hugepagesz[2M]", "hugepages[2M]", "quiet", "hugepagesz[1G]", "hugepages[1G]"]
+    assert param_keys(["hugepagesz=1024M", "hugepages=4", "default_hugepagesz=2M",
+                       "hugepages=8"]) == ["hugepagesz[1G]", "hugepages[1G]",
+                                           "default_hugepagesz", "hugepages[2M]"]
+    assert param_keys(["hugepages=8"]) == ["hugepages"]  # the architecture's default size
+    assert param_keys(["hugepages=8", "default_hugepagesz=1G"]) == ["hugepages[1G]",
+                                                                    "default_hugepagesz"]
+    # Context: GRUB_CMDLINE_LINUX comes before GRUB_CMDLINE_LINUX_DEFAULT on the line.
+    assert param_keys(["hugepages=16"], before=["hugepagesz=1G"]) == ["hugepages[1G]"]
+    assert param_keys(["hugepages=16"], after=["default_hugepagesz=1G"]) == ["hugepages[1G]"]
