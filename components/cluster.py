@@ -86,10 +86,12 @@ class VelaCluster(pulumi.ComponentResource):
         provider = self.provider_for(node.name)
         host = HostTuning(f"{node.name}-host", {**connection, **host_tuning_inputs(args, shape)},
                           self._opts(provider, depends_on=wait_for))
+        # No VM on a bare-metal node to take the VFs: they stay on the NIC's own VF driver.
+        driver = {"driver": "host"} if args.host_mode == "baremetal" else {}
         pools = [SriovPool(f"{node.name}-{port_slug(port)}",
                            {**connection, "pf": port, "numVfs": shape.vfs_per_port,
                             "mode": args.mode, "cluster": args.name, "node": node.name,
-                            **args.sriov_pool},
+                            **driver, **args.sriov_pool},
                            self._opts(provider, depends_on=[host]))
                  for port in shape.nic_ports]
         vms = {}

@@ -3,6 +3,11 @@
 Parsed by `__main__.py` from stack config (and usable directly from Python). Per-node
 `overrides` are merged onto the cluster's shape and validated again, so an override can never
 produce a shape the cluster-wide validation would refuse. Every error names the config key.
+
+`mode: baremetal` means the nodes run their jobs on the host itself, with no VMs: HostTuning
+leaves the GPUs on their host driver and sets ACS to 0 on the GPU-NIC paths (peer traffic
+straight through the switch), which leaves no IOMMU isolation for passthrough. So on such a
+node `vmsPerNode` defaults to 0 and any VM is refused, as is `hostTuning.vfio: true`.
 """
 
 from __future__ import annotations
@@ -90,6 +95,19 @@ class ClusterArgs(_Model):
     # process runs 4 calls at once; set it when the stack is created and keep it.
     provider_shards: int = Field(default=0, ge=0, le=256)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_vms_by_default_on_bare_metal(cls, data: Any) -> Any:
+        """In baremetal mode a shape that does not say vmsPerNode has none."""
+        if not isinstance(data, dict) or _host_mode(data) != "baremetal":
+            return data
+        shape = data.get("shape")
+        if isinstance(shape, dict) and not {"vmsPerNode", "vms_per_node"} & set(shape):
+            return {**data, "shape": {**shape, "vmsPerNode": 0}}
+        if isinstance(shape, NodeShape) and "vms_per_node" not in shape.model_fields_set:
+            return {**data, "shape": shape.model_copy(update={"vms_per_node": 0})}
+        return data
+
     @model_validator(mode="after")
     def _nodes(self) -> ClusterArgs:
         repeated = repeated_names(self.nodes)
@@ -97,9 +115,36 @@ class ClusterArgs(_Model):
             raise ValueError(f"node names must be unique; repeated: {repeated}")
         for node in self.nodes:
             self.shape_of(node)
+        self._bare_metal()
         if self.shape.vms_per_node and self.image is None and self.kernel_boot is None:
             raise ValueError("VMs need an image (a base disk on each host) or kernelBoot")
         return self
+
+    @property
+    def host_mode(self) -> str:
+        """The mode every node's HostTuning gets (hostTuning.mode, when given, wins)."""
+        return _host_mode(self.model_dump(by_alias=True, include={"mode", "host_tuning"}))
+
+    def _bare_metal(self) -> None:
+        if self.host_mode != "baremetal":
+            return
+        key = "hostTuning.mode" if "mode" in self.host_tuning else "mode"
+        why = (f"{key}: baremetal runs the jobs on the hosts themselves, with no VMs (the GPUs "
+               f"stay with their host driver, and ACS 0 on the GPU-NIC paths leaves no IOMMU "
+               f"isolation for passthrough)")
+        if self.host_tuning.get("vfio") is True:
+            raise ValueError(f"hostTuning.vfio: true binds the GPUs to vfio-pci for VMs, but "
+                             f"{why}: leave vfio out for bare metal, or set {key}: vm")
+        with_vms = [(node.name, self.shape_of(node).vms_per_node) for node in self.nodes]
+        with_vms = [(name, count) for name, count in with_vms if count]
+        if not with_vms:
+            return
+        counts = sorted({count for _, count in with_vms})
+        names = [name for name, _ in with_vms]
+        listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise ValueError(f"{why}, but vmsPerNode is {'/'.join(map(str, counts))} on {listed}: "
+                         f"set vmsPerNode: 0 (in shape and in nodeOverrides), or {key}: vm to "
+                         f"run VMs")
 
     def shape_of(self, node: ClusterNode) -> NodeShape:
         """The node's shape: the cluster's, with the node's overrides applied."""
@@ -110,6 +155,16 @@ class ClusterArgs(_Model):
             raise ValueError(f"node {node.name}: overrides: {problems(exc)}") from None
 
 
+def _host_mode(data: dict[str, Any]) -> Any:
+    """The HostTuning mode of raw or dumped arguments: hostTuning.mode, else mode."""
+    extra = data.get("hostTuning", data.get("host_tuning"))
+    if isinstance(extra, dict) and "mode" in extra:
+        return extra["mode"]
+    return data.get("mode", "vm")
+
+
 def problems(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, error['loc'])) or 'value'}: "
-                     f"{re.sub(r'^Value error, ', '', error['msg'])}" for error in exc.errors())
+    """One line per error: the key (none for an error of the whole config), then the reason."""
+    return "; ".join(
+        ("{}: ".format(".".join(map(str, error["loc"]))) if error["loc"] else "")
+        + re.sub(r"^Value error, ", "", error["msg"]) for error in exc.errors())

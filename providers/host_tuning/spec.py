@@ -2,8 +2,10 @@
 
 Keys are camelCase, as a Pulumi program writes them. Every setting has the recipe's default;
 the values that depend on `mode` (ACS control, ATS, NIC write ordering) are resolved by the
-planner, not here. The private key is not an input: it comes from provider configuration
-(`vela:sshPrivateKey`, a secret) so it never lands in state.
+planner, not here, except `vfio`, which is resolved here: `mode: baremetal` means the host runs
+its jobs itself, with no VMs, so its GPUs stay with their host driver. The private key is not
+an input: it comes from provider configuration (`vela:sshPrivateKey`, a secret) so it never
+lands in state.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import (
     AfterValidator,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -88,7 +91,8 @@ class HostTuningArgs(SshTarget):
     gpu_selector: list[DeviceSelector] = Field(
         default_factory=lambda: ["nvidia-gpu", "nvidia-nvswitch"])
     nic_selector: list[DeviceSelector] = Field(default_factory=lambda: ["connectx"])
-    vfio: bool = True
+    # Bind the GPUs to vfio-pci for VMs. None: as the mode says (vm: yes, baremetal: no).
+    vfio: bool | None = None
     blacklist_nouveau: bool = True
     hugepages: HugePages | None = None
     acs: bool = True
@@ -99,6 +103,24 @@ class HostTuningArgs(SshTarget):
     sysctls: Annotated[dict[str, str], AfterValidator(_sysctls)] = Field(default_factory=dict)
     reboot: Literal["never", "allowed"] = "never"
     reboot_timeout: int = Field(default=900, ge=60, le=7200)
+
+    @field_validator("vfio")
+    @classmethod
+    def _no_vms_on_bare_metal(cls, value: bool | None, info: ValidationInfo) -> bool | None:
+        if value and info.data.get("mode") == "baremetal":
+            raise ValueError(
+                "vfio: true binds the GPUs to vfio-pci for VMs, but mode: baremetal runs the "
+                "jobs on the host itself, with no VMs: its GPUs need their own driver, and its "
+                "ACS setting (0 on the GPU-NIC paths, for GPUDirect) leaves them without the "
+                "IOMMU isolation passthrough needs. Leave vfio out (or false) for bare metal, or "
+                "set mode: vm to run VMs")
+        return value
+
+    @model_validator(mode="after")
+    def _vfio_follows_the_mode(self) -> HostTuningArgs:
+        if self.vfio is None:
+            self.vfio = self.mode == "vm"
+        return self
 
     @field_validator("gpu_selector")
     @classmethod
