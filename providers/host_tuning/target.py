@@ -150,7 +150,11 @@ def desired_target(spec: HostTuningArgs, facts: HostFacts, observed: Observation
 def _kernel_args(spec: HostTuningArgs, facts: HostFacts,
                  topology: Topology) -> dict[str, str | None]:
     kind = facts.iommu.kind or ("amd" if facts.cpu_vendor == "AuthenticAMD" else "intel")
-    tokens: list[str | tuple[str, None]] = [f"{kind}_iommu=on"]
+    # Intel's IOMMU stays off unless asked for. AMD's is on by default and `amd_iommu=` has no
+    # `on` (it takes fullflush, off, force_isolation, ...: Documentation/admin-guide/
+    # kernel-parameters.txt; drivers/iommu/amd/init.c parse_amd_iommu_options), so an AMD
+    # host gets no amd_iommu token, and no amd_iommu key to save or restore.
+    tokens: list[str | tuple[str, None]] = ["intel_iommu=on"] if kind == "intel" else []
     tokens.append("iommu=pt" if spec.iommu_passthrough else ("iommu", None))
     if spec.vfio:
         ids = sorted({facts.pci[address].vendor_device for address in topology.vfio_devices})
