@@ -230,6 +230,14 @@ class FakeHost:
                  device: int = 0, bars: list[int] | None = None) -> list[Function]:
         """A device in the slot below `port`, with 1-8 functions (net names per function)."""
         self._require_downstream_facing(port)
+        # A root port's or downstream port's link has one component below it, Device 0 (PCIe
+        # Base spec r3.1 sec 7.3.1 Device Number; with ARI forwarding its Functions take the
+        # device bits, still one component), and Linux scans only devfn 0 below such a port
+        # (drivers/pci/probe.c only_one_child() -> pcie_downstream_port(), pci_scan_slot()).
+        # VFs are not scanned (drivers/pci/iov.c pci_iov_add_virtfn): add_vfs may use others.
+        if device != 0:
+            raise ImpossibleHardware(f"{port.address} is a {port.port_type}: its link has "
+                                     f"only device 0 below it, not device {device}")
         if not 1 <= functions <= 8:
             raise ImpossibleHardware(f"a PCI device has 1 to 8 functions, not {functions}")
         if net is not None and len(net) != functions:

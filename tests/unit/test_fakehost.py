@@ -160,6 +160,9 @@ def test_refuses_impossible_pci_trees():
                       functions=9)
     with pytest.raises(ImpossibleHardware, match="device 0-1f"):
         host.root_port(complex_, 0x20)
+    with pytest.raises(ImpossibleHardware, match="only device 0"):
+        host.endpoint(host.root_port(complex_, 4), vendor_id=0x8086, device_id=0x10D3,
+                      class_code=0x020000, device=1)
     switch = host.switch(host.root_port(complex_, 3), 2)
     with pytest.raises(ImpossibleHardware, match="upstream_port"):
         host.switch(switch.upstream, 1)

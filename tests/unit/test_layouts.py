@@ -157,17 +157,16 @@ def test_ibm_sample_pairs_and_acs_only_where_a_nic_shares_the_switch(tmp_path):
     assert "intel_iommu=on" in _kernel_tokens(desired) and "iommu=pt" in _kernel_tokens(desired)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "FakeHost.endpoint places a device at any device number below a PCIe downstream port; "
-    "Linux scans only device 0 there (drivers/pci/probe.c only_one_child), so the stand-in "
-    "should refuse it. The IBM sample's dd:01.0/dd:02.0 are the VM's addresses, not a host's."))
 def test_no_device_but_device_0_below_a_downstream_port():
+    """A downstream port's link has one device on it, device 0: Linux scans only device 0
+    there (drivers/pci/probe.c only_one_child, pci_scan_slot), so FakeHost refuses any other.
+    The IBM sample's dd:01.0/dd:02.0 are the VM's addresses, not a host's."""
     host = FakeHost()
     host.numa_node(0, "0-7", 64)
     switch = host.switch(host.root_port(host.root_complex(0xDA, 0), 1), 1)
     host.endpoint(switch.downstream[0], vendor_id=0x10DE, device_id=0x20B2,
                   class_code=0x030200)
-    with pytest.raises(ImpossibleHardware):
+    with pytest.raises(ImpossibleHardware, match="only device 0"):
         host.endpoint(switch.downstream[0], vendor_id=0x10DE, device_id=0x20B2,
                       class_code=0x030200, device=1)
 
