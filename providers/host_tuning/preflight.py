@@ -54,7 +54,7 @@ def preflight(spec: HostTuningArgs, facts: HostFacts, observed: Observations,
     problems += _acs(spec, facts, topology)
     problems += _hugepages(facts, target)
     problems += _hugepages_cmdline(spec, facts)
-    problems += _groups(facts, topology)
+    problems += _groups(spec, facts, topology)
     problems += _gpu_holders(facts, target)
     problems += _firmware(observed, target)
     problems += _bootloader(observed)
@@ -209,7 +209,13 @@ def _gpu_holders(facts: HostFacts, target: Target) -> list[str]:
             f"{services}`"]
 
 
-def _groups(facts: HostFacts, topology: Topology) -> list[str]:
+def _groups(spec: HostTuningArgs, facts: HostFacts, topology: Topology) -> list[str]:
+    """A device passed through takes its whole IOMMU group with it (vfio-pci needs every
+    member of the group). Without vfio (baremetal mode: no VMs, the GPUs keep their own driver
+    and nothing goes to vfio-pci) no group is handed over, so sharing one takes nothing from
+    the host."""
+    if not spec.vfio:
+        return []
     problems = []
     for address in topology.vfio_devices:
         device = facts.pci[address]

@@ -19,7 +19,7 @@ from providers.host_tuning.preflight import preflight
 from providers.host_tuning.provider import observe
 from providers.host_tuning.spec import HostTuningArgs
 from providers.host_tuning.target import desired_target, select_topology
-from tests.support.fakehost import FakeHost
+from tests.support.fakehost import ACS_LINUX_DEFAULT, FakeHost
 from tests.support.hgx import hgx_a100
 from tests.support.recorded import recorded
 
@@ -49,11 +49,11 @@ def _hgx(**options) -> FakeHost:
     return fake
 
 
-def _small(**host) -> FakeHost:
+def _small(*, port_acs: tuple[int, int] = (0x001F, ACS_LINUX_DEFAULT), **host) -> FakeHost:
     """One GPU and one ConnectX under a switch with ACS, on one NUMA node."""
     fake = FakeHost(grub_defaults=DEBIAN_GRUB, **host)
     fake.numa_node(0, "0-7", 64)
-    switch = fake.switch(fake.root_port(fake.root_complex(0x10, 0), 1), 2)
+    switch = fake.switch(fake.root_port(fake.root_complex(0x10, 0), 1, acs=port_acs), 2)
     fake.endpoint(switch.downstream[0], vendor_id=0x10DE, device_id=0x20B2,
                   class_code=0x030200, driver="nvidia")
     fake.endpoint(switch.downstream[1], vendor_id=0x15B3, device_id=0x101B,
@@ -230,6 +230,25 @@ def test_no_message_suggests_amd_iommu_on(tmp_path):
     _, problems = _preflight(_small(cpu_vendor="AuthenticAMD", iommu_table=None,
                                     iommu_active=False), tmp_path / "no-ivrs")
     assert problems and not any("amd_iommu=on" in problem for problem in problems)
+
+
+# -- 7. an IOMMU group shared with a device that stays on the host ------------------------------
+
+def test_a_shared_iommu_group_stops_a_vm_host_but_not_a_baremetal_one(tmp_path):
+    """The root port above the switch has ACS but it is off (control 0), so everything below
+    it, the GPU and the NIC included, shares the port's IOMMU group (drivers/iommu/iommu.c
+    pci_device_group). Passing the GPU to a VM would take the NIC from the host; a baremetal
+    host passes nothing through (vfio is false), so there the group is no obstacle."""
+    fake = _small(port_acs=(0x001F, 0))
+    facts, problems = _preflight(fake, tmp_path / "vm")
+    gpu, nic = "0000:13:00.0", "0000:14:00.0"
+    assert facts.pci[gpu].iommu_group == facts.pci[nic].iommu_group
+    problem, = problems
+    assert f"of {gpu} also holds {nic} (15b3:101b, driver mlx5_core)" in problem
+    _, bare = _preflight(fake, tmp_path / "baremetal", mode="baremetal")
+    assert bare == []
+    _, no_vfio = _preflight(fake, tmp_path / "vm-no-vfio", vfio=False)
+    assert no_vfio == []
 
 
 # -- the gathering --------------------------------------------------------------------------------
