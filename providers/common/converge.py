@@ -60,6 +60,9 @@ class Converger(Generic[O]):
     reboots: Literal["allowed", "never"] = "never"
     reboot_timeout: float = 900.0
     hints: dict[str, str] = field(default_factory=dict)  # change kind -> what to tell the user
+    # The resource's preflight, run again after each reboot: a boot can bring what no run
+    # could see before it (an IOMMU the BIOS keeps off even when the kernel asks for it).
+    check: Callable[[Snapshot[O]], list[str]] | None = None
 
     def converge(self, snapshot: Snapshot[O], *, first: list[str] = (),
                  finish: list[str] = ()) -> Outcome[O]:
@@ -73,6 +76,7 @@ class Converger(Generic[O]):
             reboot_and_wait(self.host, self.reboot_timeout)
             outcome.reboots += 1
             self._refresh(outcome, number=0)
+            self._check_after_boot(outcome)
             self._apply_rounds(outcome, [])
         self._verify(outcome)
         if finish:
@@ -94,6 +98,13 @@ class Converger(Generic[O]):
                     return  # the same changes again: they did not take, and verify says so
                 retries -= 1
             calls = outcome.plan.calls
+
+    def _check_after_boot(self, outcome: Outcome[O]) -> None:
+        problems = self.check(outcome.snapshot) if self.check else []
+        if problems:
+            raise self.error(f"{self.host.name}: after reboot {outcome.reboots}, preflight "
+                             f"found {len(problems)} problem(s); nothing more was changed:\n - "
+                             + "\n - ".join(problems))
 
     def _refresh(self, outcome: Outcome[O], *, number: int) -> None:
         outcome.snapshot = self.look()

@@ -44,9 +44,9 @@ class Round:
 Effect = Literal["runtime", "next-boot", "firmware"]
 # What a reboot is waited for: a kernel argument, a firmware value, or huge pages the kernel
 # could not allocate at run time (the command line reserves them at boot).
-PendingCause = Literal["kernel-args", "firmware", "hugepages"]
+PendingCause = Literal["kernel-args", "firmware", "hugepages", "iommu"]
 _CAUSE_NAMES = {"kernel-args": "kernel command line", "firmware": "firmware",
-                "hugepages": "huge pages"}
+                "hugepages": "huge pages", "iommu": "vfio-pci"}
 
 
 class Change(BaseModel):

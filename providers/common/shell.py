@@ -45,10 +45,15 @@ vela_bind() {  # ADDRESS DRIVER: bind to DRIVER through driver_override ("" = ba
     tries=$((tries + 1)); sleep 0.5
   done
   printf '%s' "$1" > "$R/sys/bus/pci/drivers_probe" 2>/dev/null || :
-  if [ -z "$R" ] && [ -n "$2" ]; then
+  [ -n "$2" ] || return 0
+  # The kernel binds within that write (device_attach); a stand-in kernel acts just after it.
+  tries=0
+  while :; do
     current=$(readlink "$dev/driver" 2>/dev/null); current=${current##*/}
-    [ "$current" = "$2" ] || vela_fail "$1 did not bind to $2 (bound to: ${current:-nothing})"
-  fi
+    [ "$current" = "$2" ] && return 0
+    [ "$tries" -lt 10 ] || vela_fail "$1 did not bind to $2 (bound to: ${current:-nothing})"
+    tries=$((tries + 1)); sleep 0.2
+  done
 }
 vela_module() {  # load|unload MODULE
   if [ "$1" = load ]; then vela_system modprobe "$2" || vela_fail "cannot load module $2"
@@ -105,7 +110,6 @@ vela_sriov_numvfs() {  # PF COUNT TIMEOUT: 0 first (the kernel refuses N -> M), 
   if [ "$2" != 0 ]; then
     printf '%s\n' "$2" > "$dev/sriov_numvfs" || vela_fail "cannot create $2 VFs on $1"
   fi
-  [ -z "$R" ] || return 0
   waited=0
   while [ "$(find "$dev/" -maxdepth 1 -name 'virtfn*' | wc -l)" -ne "$2" ]; do
     [ "$waited" -lt "$3" ] || vela_fail "the VFs of $1 did not all appear within $3 s"

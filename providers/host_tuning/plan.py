@@ -24,7 +24,7 @@ from ..common.plan import (
     unit_changes,
 )
 from ..facts.cmdline import parse_cmdline
-from ..facts.models import HostFacts
+from ..facts.models import HostFacts, iommu_live
 from . import grub
 from .firmware import REQUIRES_ACTIVE, set_arguments
 from .observe import BOOT_SCRIPT, GRUB_DEFAULTS, UNIT_NAME, Observations
@@ -59,12 +59,18 @@ def _sysctls(target: Target, observed: Observations, result: Plan) -> None:
 
 
 def _drivers(target: Target, facts: HostFacts, result: Plan) -> None:
+    live = iommu_live(facts)
     for address, override in sorted(target.drivers.items()):
         device = facts.pci.get(address)
         if device is None:
             continue  # gone; preflight reports selected devices that are missing
         change = driver_change(device, override)
-        if change:
+        if change and override == "vfio-pci" and not live:
+            # vfio-pci refuses a device without an IOMMU group (drivers/vfio/group.c
+            # vfio_group_find_or_alloc): the binding waits for the boot with the IOMMU on.
+            result.pending.append(Pending(cause="iommu", subject=address,
+                                          detail="binds once the IOMMU is on (the next boot)"))
+        elif change:
             result.changes.append(change)
 
 

@@ -94,12 +94,15 @@ def observe(host: Host, spec: HostTuningArgs) -> Snapshot[Observations]:
     return look(host, observe_script(spec), parse_observations)
 
 
-def converger(host: Host, spec: HostTuningArgs, target_for) -> Converger[Observations]:
-    """The shared converge loop, planning towards `target_for(snapshot)`."""
+def converger(host: Host, spec: HostTuningArgs, target_for,
+              check=None) -> Converger[Observations]:
+    """The shared converge loop, planning towards `target_for(snapshot)`; `check` is the
+    preflight run again after each reboot."""
     return Converger(host=host, look=lambda: observe(host, spec),
                      plan_for=lambda now, at: plan_round(target_for(now), now, at),
                      error=HostTuningError, apply_timeout=APPLY_TIMEOUT, reboots=spec.reboot,
-                     reboot_timeout=spec.reboot_timeout, hints={"hugepages": HUGEPAGES_HINT})
+                     reboot_timeout=spec.reboot_timeout, hints={"hugepages": HUGEPAGES_HINT},
+                     check=check)
 
 
 def converge_desired(host: Host, spec: HostTuningArgs, props: dict,
@@ -120,7 +123,12 @@ def converge_desired(host: Host, spec: HostTuningArgs, props: dict,
         return desired_target(spec, snapshot.facts, snapshot.observed,
                               _topology(host, spec, snapshot.facts))
 
-    done = converger(host, spec, target_for).converge(
+    def check(snapshot: Snapshot[Observations]) -> list[str]:
+        topology = _topology(host, spec, snapshot.facts)
+        return preflight(spec, snapshot.facts, snapshot.observed, topology,
+                         desired_target(spec, snapshot.facts, snapshot.observed, topology))
+
+    done = converger(host, spec, target_for, check).converge(
         now, first=saved.save_calls(ORIGINALS_FILE, originals,
                                     now.observed.files.get(ORIGINALS_FILE)))
     topology = _topology(host, spec, done.snapshot.facts)

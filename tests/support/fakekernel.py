@@ -78,23 +78,18 @@ class FakeKernel:
         """A command that may write (a vela script, a file write); reads run untraced."""
         if _only_reads(command, stdin):
             result = LocalHost(str(self.root))._execute(command, stdin, timeout)
-            self._handle([Write("", result.stderr)])
+            self._handle(Write("", result.stderr))
             return result
         code, stdout, stderr = run_traced(command, stdin, self._handle, timeout)
         return CommandResult(command, code, stdout, stderr)
 
-    def _handle(self, writes: list[Write]) -> str | None:
-        """What the kernel does for each write since the last sync point, in order. The first
-        refusal ends the batch: the real call stopped at that failed write."""
-        refused = None
-        for write in writes:
-            refused = self._write(write)
-            if refused:
-                self.refusals.append(refused)
-                break
-        self._settle({write.path.rsplit("/", 1)[-1] for write in writes},
-                     {write.path.rsplit("/", 2)[-2] for write in writes
-                      if write.path.endswith("/config")})
+    def _handle(self, write: Write) -> str | None:
+        """What the kernel does for one write, at once (a refusal is also kept for tests)."""
+        refused = self._write(write)
+        if refused:
+            self.refusals.append(refused)
+        name = write.path.rsplit("/", 1)[-1]
+        self._settle({name}, {write.path.rsplit("/", 2)[-2]} if name == "config" else set())
         return refused
 
     def _write(self, write: Write) -> str | None:

@@ -45,36 +45,22 @@ class Write:
     data: bytes
 
 
-# Handles the writes since the last call; returns a refusal message, or None.
-Handler = Callable[[list[Write]], "str | None"]
+# Handles one write as the kernel would, at once; returns a refusal message, or None.
+Handler = Callable[[Write], "str | None"]
 
 
 def run_traced(command: str, stdin: bytes | None, handle: Handler,
                timeout: float) -> tuple[int, bytes, bytes]:
-    """Run `sh -c command` traced; `handle` gets the writes at each sync point and at the end.
-    Returns (exit code, stdout, stderr)."""
+    """Run `sh -c command` traced; `handle` gets each write as soon as strace logs it (a few
+    milliseconds after it returned), and each sync point waits until every earlier write was
+    handled. Returns (exit code, stdout, stderr)."""
     if shutil.which("strace") is None:
         raise RuntimeError("the fake kernel needs strace to see a test's writes: run scripts/setup")
     with tempfile.TemporaryDirectory(prefix="vela-trace-") as scratch:
         log, request, reply = (Path(scratch) / name for name in ("log", "sync", "reply"))
-        os.mkfifo(request)
         os.mkfifo(reply)
-        reader = _LogReader(log)
-        refusals: list[str] = []
-
-        def serve() -> None:
-            while True:
-                with open(request) as pipe:
-                    if pipe.read() != "sync":
-                        return
-                refused = handle(reader.writes_until(str(request)))
-                if refused:
-                    refusals.append(refused)
-                with open(reply, "w") as pipe:
-                    pipe.write("refused\n" if refused else "ok\n")
-
-        server = threading.Thread(target=serve, daemon=True)
-        server.start()
+        kernel = _Kernel(_LogReader(log), handle, str(request), reply)
+        kernel.start()
         script = with_sync_points(stdin, request, reply)
         process = subprocess.Popen([*STRACE, "-o", str(log), "sh", "-c", command],
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -84,17 +70,51 @@ def run_traced(command: str, stdin: bytes | None, handle: Handler,
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             stdout, stderr = process.communicate()
-        with open(request, "w") as pipe:
-            pipe.write("done")
-        server.join()
-        refused = handle(reader.new_writes())
-        if refused:
-            refusals.append(refused)
+        kernel.finish()
         code = process.returncode
-        if refusals:
-            stderr += "".join(f"fake kernel: {message}\n" for message in refusals).encode()
+        if kernel.refusals:
+            stderr += "".join(f"fake kernel: {message}\n" for message in kernel.refusals).encode()
             code = code or 1
         return code, stdout, stderr
+
+
+class _Kernel(threading.Thread):
+    """Follows the log: each write handled in order as it appears; a write into the sync file
+    answers the waiting script (refused: a write since the last sync point was refused, and
+    the rest of that call's writes were not made, as the real call stopped there)."""
+
+    def __init__(self, reader: _LogReader, handle: Handler, request: str, reply: Path) -> None:
+        super().__init__(daemon=True)
+        self.reader, self.handle, self.request, self.reply = reader, handle, request, reply
+        self.refusals: list[str] = []
+        self.refused_since_sync = False
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            writes = self.reader.new_writes()
+            for write in writes:
+                self._one(write)
+            if not writes:
+                if self.stopping.is_set():
+                    return
+                time.sleep(0.001)
+
+    def _one(self, write: Write) -> None:
+        if write.path == self.request:
+            with open(self.reply, "w") as pipe:
+                pipe.write("refused\n" if self.refused_since_sync else "ok\n")
+            self.refused_since_sync = False
+        elif not self.refused_since_sync:
+            refused = self.handle(write)
+            if refused:
+                self.refusals.append(refused)
+                self.refused_since_sync = True
+
+    def finish(self) -> None:
+        """The command ended: handle what is left in the log, then stop."""
+        self.stopping.set()
+        self.join()
 
 
 def with_sync_points(stdin: bytes | None, request: Path, reply: Path) -> bytes | None:
@@ -141,28 +161,8 @@ class _LogReader:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.offset = 0
-        self.held: list[Write] = []  # read past a sync write: the next batch's
-
-    def writes_until(self, path: str, timeout: float = 30.0) -> list[Write]:
-        """The writes up to the one into `path` (a sync request): strace logs it once the
-        write returns, which may be a moment after the reader got the bytes; every earlier
-        write is logged before it."""
-        writes: list[Write] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            writes += self.new_writes()
-            for index, write in enumerate(writes):
-                if write.path == path:
-                    self.held = writes[index + 1:]
-                    return writes[:index]
-            time.sleep(0.002)
-        raise AssertionError(f"strace never logged the sync write into {path}")
 
     def new_writes(self) -> list[Write]:
-        held, self.held = self.held, []
-        return held + self._read()
-
-    def _read(self) -> list[Write]:
         if not self.path.exists():
             return []
         with open(self.path, "rb") as log:

@@ -211,3 +211,20 @@ def test_removal_stops_undefines_and_removes_only_what_is_there():
     assert _kinds(removal) == ["stop and undefine", "remove"]
     assert removal.calls[:2] == ["vela_vm_stop vm 120", "vela_virsh undefine --nvram vm"]
     assert plan_removal(spec, VmObservations()).changes == []
+
+
+def test_preflight_runs_again_after_each_reboot(tmp_path):
+    """What a boot brings can fail a check no earlier run could make (an IOMMU asked for that
+    the BIOS keeps off): the loop stops there and says so, changing nothing more."""
+    host, converger = _world(tmp_path, _next_boot, reboots="allowed")
+    seen = []
+
+    def check(now: Snapshot) -> list[str]:
+        seen.append(now.observed["/" + ACTIVE])
+        return ["the feature came up broken: fix it in the BIOS"] if seen[-1] else []
+
+    converger.check = check
+    with pytest.raises(HostTuningError, match=r"after reboot 1, preflight found 1 problem\(s\); "
+                                              r"nothing more was changed:\n - the feature came"):
+        converger.converge(converger.look())
+    assert seen == ["on"] and host.boots == 1

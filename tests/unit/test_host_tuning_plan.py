@@ -434,3 +434,27 @@ def test_a_nic_selected_by_its_second_function_is_configured_through_function_ze
     _, observed, _, desired = rig.look()
     first = second.rsplit(".", 1)[0] + ".0"
     assert list(desired.firmware) == [first] and observed.firmware[first].device is not None
+
+
+def test_a_host_whose_iommu_is_off_converges_in_one_run(tmp_path):
+    """A first boot without the IOMMU (the kernel's default off, or intel_iommu=off): vfio-pci
+    refuses every device then (the fake kernel, as drivers/vfio/group.c), so binding waits for
+    the boot with intel_iommu=on; planning and preflight run again after it."""
+    fake, layout = hgx_a100(iommu_active=False, grub_defaults=DEBIAN_GRUB)
+    root = fake.write(tmp_path / "root")
+    kernel = FakeKernel(fake, root)
+    host = KernelHost(kernel)
+    spec = HostTuningArgs.model_validate({"address": "10.0.0.1", "hostKey": HOST_KEY,
+                                          "firmware": {"enabled": False}, "reboot": "allowed"})
+    first = observe(host, spec)
+    assert not first.facts.iommu.active
+    current = plan(desired_target(spec, first.facts, first.observed,
+                                  select_topology(spec, first.facts)),
+                   first.facts, first.observed)
+    assert not _by_kind(current, "driver")  # nothing to bind without an IOMMU
+    assert any("vfio-pci" in reason and "IOMMU" in reason for reason in current.reasons())
+    done = converge_desired(host, spec, {})
+    assert done["inSync"] and not done["pendingReboot"] and done["reboots"] == 1
+    assert kernel.refusals == [] and kernel.failed_units == []
+    for gpu in layout.gpus:
+        assert kernel.driver_of(gpu) == "vfio-pci"
