@@ -70,6 +70,11 @@ def _drivers(target: Target, facts: HostFacts, result: Plan) -> None:
             # vfio_group_find_or_alloc): the binding waits for the boot with the IOMMU on.
             result.pending.append(Pending(cause="iommu", subject=address,
                                           detail="binds once the IOMMU is on (the next boot)"))
+        elif change and address in target.by_address:
+            ids = device.vendor_device
+            result.changes.append(change.model_copy(update={
+                "detail": f"{change.detail} (by address, also at boot: vfio-pci.ids would take "
+                          f"every {ids})"}))
         elif change:
             result.changes.append(change)
 

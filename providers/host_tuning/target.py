@@ -63,6 +63,9 @@ class Target(BaseModel):
     unit_enabled: bool | None = None  # None: not managed
     registers: dict[str, Register] = Field(default_factory=dict)
     drivers: dict[str, str | None] = Field(default_factory=dict)  # address -> override
+    # Bound by address alone (driver_override, at run time and by the boot unit): other devices
+    # with the same vendor:device stay with their driver, so no vfio-pci `ids` names it.
+    by_address: list[str] = Field(default_factory=list)
     hugepages_kib: int | None = None
     hugepages: dict[int, int] = Field(default_factory=dict)  # node -> pages
     hugepages_total: int | None = None
@@ -119,6 +122,19 @@ def _pair(facts: HostFacts, gpu: PciDevice, nics: list[PciDevice]) -> Pairing:
     return Pairing(gpu=gpu.address, nic=nic, switch=switch, numa_node=gpu.numa_node)
 
 
+def vfio_ids(facts: HostFacts, topology: Topology) -> list[str]:
+    """The vendor:device ids vfio-pci may claim by id at boot (`vfio-pci.ids`, modprobe's
+    `ids=`): those whose every device on the host goes to vfio-pci. vfio-pci's id table takes
+    each device with a listed id, whatever its address (drivers/vfio/pci/vfio_pci.c
+    vfio_pci_fill_ids adds them as dynamic ids), so a GPU a selector by address left out would
+    be taken too."""
+    wanted = set(topology.vfio_devices)
+    ids = {facts.pci[address].vendor_device for address in wanted}
+    return sorted(id_ for id_ in ids
+                  if all(device.address in wanted for device in facts.pci.values()
+                         if device.vendor_device == id_))
+
+
 def _group_companions(facts: HostFacts, device: PciDevice) -> list[str]:
     """The device and every non-bridge function in its IOMMU group (all must go to vfio-pci
     together for the group to be usable by a VM)."""
@@ -138,6 +154,9 @@ def desired_target(spec: HostTuningArgs, facts: HostFacts, observed: Observation
     target.registers = _registers(spec, facts, topology)
     if spec.vfio:
         target.drivers = {address: "vfio-pci" for address in topology.vfio_devices}
+        whole = set(vfio_ids(facts, topology))
+        target.by_address = [address for address in topology.vfio_devices
+                             if facts.pci[address].vendor_device not in whole]
         target.modules = {"vfio_pci": True}
     _hugepages(spec, facts, target)
     _firmware(spec, facts, observed, topology, target)
@@ -157,8 +176,8 @@ def _kernel_args(spec: HostTuningArgs, facts: HostFacts,
     tokens: list[str | tuple[str, None]] = ["intel_iommu=on"] if kind == "intel" else []
     tokens.append("iommu=pt" if spec.iommu_passthrough else ("iommu", None))
     if spec.vfio:
-        ids = sorted({facts.pci[address].vendor_device for address in topology.vfio_devices})
-        tokens.append("vfio-pci.ids=" + ",".join(ids))
+        ids = vfio_ids(facts, topology)
+        tokens.append("vfio-pci.ids=" + ",".join(ids) if ids else ("vfio_pci.ids", None))
     if spec.blacklist_nouveau:
         tokens += ["modprobe.blacklist=nouveau", "rd.driver.blacklist=nouveau"]
     if spec.hugepages is not None:
@@ -270,9 +289,9 @@ def _files(spec: HostTuningArgs, facts: HostFacts, topology: Topology,
     if spec.blacklist_nouveau:
         modprobe += ["blacklist nouveau", "options nouveau modeset=0"]
     if spec.vfio:
-        ids = sorted({facts.pci[address].vendor_device for address in topology.vfio_devices})
-        modprobe += [f"options vfio-pci ids={','.join(ids)}",
-                     "softdep nvidia pre: vfio-pci", "softdep nouveau pre: vfio-pci"]
+        ids = vfio_ids(facts, topology)
+        modprobe += [f"options vfio-pci ids={','.join(ids)}"] if ids else []
+        modprobe += ["softdep nvidia pre: vfio-pci", "softdep nouveau pre: vfio-pci"]
         files[MODULES_CONF] = bootunit.HEADER + "vfio-pci\n"
     if modprobe:
         files[MODPROBE_CONF] = bootunit.HEADER + "\n".join(modprobe) + "\n"

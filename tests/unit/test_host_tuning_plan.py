@@ -458,3 +458,28 @@ def test_a_host_whose_iommu_is_off_converges_in_one_run(tmp_path):
     assert kernel.refusals == [] and kernel.failed_units == []
     for gpu in layout.gpus:
         assert kernel.driver_of(gpu) == "vfio-pci"
+
+
+def test_gpus_selected_by_address_are_bound_by_address_not_by_id(tmp_path):
+    """vfio-pci.ids (and modprobe's ids=) take every device with that vendor:device at boot
+    (the fake kernel binds by id as vfio-pci's id table does): with half of the GPUs selected,
+    the others must stay with their driver after a reboot."""
+    fake, layout = hgx_a100(grub_defaults=DEBIAN_GRUB)
+    root = fake.write(tmp_path / "root")
+    kernel = FakeKernel(fake, root)
+    host = KernelHost(kernel)
+    chosen, left = layout.gpus[:4], layout.gpus[4:]
+    spec = HostTuningArgs.model_validate({"address": "10.0.0.1", "hostKey": HOST_KEY,
+                                          "gpuSelector": chosen, "firmware": {"enabled": False},
+                                          "reboot": "allowed"})
+    now = observe(host, spec)
+    desired = desired_target(spec, now.facts, now.observed, select_topology(spec, now.facts))
+    assert "10de:20b2" not in (desired.kernel_args.get("vfio_pci.ids") or "")
+    drivers = _by_kind(plan(desired, now.facts, now.observed), "driver")
+    assert drivers and all("by address" in change.detail for change in drivers)
+    done = converge_desired(host, spec, {})
+    assert done["inSync"] and done["reboots"] == 1
+    kernel.reboot()
+    assert kernel.failed_units == [] and kernel.refusals == []
+    assert [kernel.driver_of(gpu) for gpu in chosen] == ["vfio-pci"] * 4
+    assert [kernel.driver_of(gpu) for gpu in left] == ["nvidia"] * 4
