@@ -17,7 +17,11 @@ from ..validate import pci_address
 # Named device sets, so a stack can say what it means instead of spelling ids.
 PRESETS: dict[str, list[tuple[int, int | None, int | None]]] = {
     # (vendor, device or None, class prefix (16 bits: base class and subclass) or None)
-    "nvidia-gpu": [(0x10DE, None, 0x0302)],  # 3D controllers: A100, H100, ...
+    # NVIDIA GPUs are display controllers (base class 03, include/linux/pci_ids.h): 3D
+    # controllers (0302: A100, H100, ...) and, for cards with display outputs, VGA compatible
+    # controllers (0300: L40S, RTX 6000 Ada, ...). Not their HD Audio function (0403), which
+    # goes to vfio-pci only as an IOMMU group companion, nor NVSwitch (0680, below).
+    "nvidia-gpu": [(0x10DE, None, 0x0300), (0x10DE, None, 0x0302)],
     "nvidia-nvswitch": [(0x10DE, None, 0x0680)],  # NVSwitch bridges on HGX baseboards
     "connectx": [(0x15B3, None, 0x0200), (0x15B3, None, 0x0207)],  # Ethernet / InfiniBand
 }

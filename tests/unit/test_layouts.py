@@ -42,7 +42,6 @@ from tests.support.recorded import recorded
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 DEBIAN_GRUB = recorded("files/etc-default-grub-debian12.txt")
-RTX6000_ADA = "10de:26b1"  # a VGA-class GPU: the nvidia-gpu preset picks 3D controllers only
 
 
 class Bench:
@@ -312,7 +311,7 @@ def test_amd_host_kernel_args_are_iommu_pt_without_amd_iommu_on(tmp_path, amd_io
     by default (Documentation/admin-guide/kernel-parameters.txt; drivers/iommu/amd/init.c,
     parse_amd_iommu_options, prints "Unknown option - 'on'"). Intel's needs intel_iommu=on."""
     host, layout = amd_epyc_host(amd_iommu_off=amd_iommu_off)
-    bench = Bench(tmp_path, host, gpuSelector=[RTX6000_ADA])
+    bench = Bench(tmp_path, host)
     facts, observed, topology, desired = bench.look()
     tokens = _kernel_tokens(desired)
     assert "iommu=pt" in tokens
@@ -341,11 +340,13 @@ def test_intel_hosts_keep_intel_iommu_on(tmp_path):
 
 def test_amd_host_with_its_iommu_up_passes_each_gpu_with_its_audio_function(tmp_path):
     """A GPU and its HD Audio function have no ACS between them, so the kernel puts both in one
-    IOMMU group: both go to vfio-pci, or the group is unusable."""
+    IOMMU group: both go to vfio-pci, or the group is unusable. The default selectors pick the
+    VGA-class GPUs, not their audio functions, which go along as group companions only."""
     host, layout = amd_epyc_host(amd_iommu_off=False)
-    bench = Bench(tmp_path, host, gpuSelector=[RTX6000_ADA])
+    bench = Bench(tmp_path, host)
     facts, _, topology, desired = bench.look()
     assert facts.iommu.active
+    assert topology.selected == topology.gpus == layout.gpus
     groups = _groups(facts)
     for gpu, audio in zip(layout.gpus, layout.gpu_audio, strict=True):
         assert groups[facts.device(gpu).iommu_group] == [gpu, audio]
@@ -355,7 +356,7 @@ def test_amd_host_with_its_iommu_up_passes_each_gpu_with_its_audio_function(tmp_
 
 def test_amd_host_converges_and_delete_restores_it_byte_for_byte(tmp_path):
     host, _ = amd_epyc_host(amd_iommu_off=False)  # VFs are SriovPool's, gone at a reboot
-    bench = Bench(tmp_path, host, gpuSelector=[RTX6000_ADA])
+    bench = Bench(tmp_path, host)
     before = bench.snapshot()
     outputs = bench.converge()
     assert outputs["inSync"] and outputs["drift"] == []
@@ -377,7 +378,7 @@ def test_amd_host_converges_and_delete_restores_it_byte_for_byte(tmp_path):
     "IOMMU is still off and no GPU can go to a VM."))
 def test_amd_iommu_off_on_the_command_line_is_dealt_with_in_vm_mode(tmp_path):
     host, _ = amd_epyc_host(amd_iommu_off=True)
-    bench = Bench(tmp_path, host, gpuSelector=[RTX6000_ADA])
+    bench = Bench(tmp_path, host)
     facts, observed, topology, desired = bench.look()
     removed = "amd_iommu" in desired.kernel_args and desired.kernel_args["amd_iommu"] is None
     problems = preflight(bench.spec, facts, observed, topology, desired)
