@@ -174,6 +174,10 @@ def _kernel_args(spec: HostTuningArgs, facts: HostFacts,
     # kernel-parameters.txt; drivers/iommu/amd/init.c parse_amd_iommu_options), so an AMD
     # host gets no amd_iommu token, and no amd_iommu key to save or restore.
     tokens: list[str | tuple[str, None]] = ["intel_iommu=on"] if kind == "intel" else []
+    if kind == "amd" and spec.vfio and "amd_iommu=off" in facts.cmdline.split():
+        # ... except where the line turns it off: VMs need it, so that token goes (delete
+        # restores it).
+        tokens.append(("amd_iommu", None))
     tokens.append("iommu=pt" if spec.iommu_passthrough else ("iommu", None))
     if spec.vfio:
         ids = vfio_ids(facts, topology)
