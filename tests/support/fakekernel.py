@@ -1,10 +1,11 @@
 """Plays the parts of a running system that a fake host root cannot: the kernel, systemd and
 the bootloader, so the providers' real scripts can run against a fixture and converge.
 
-Every command runs traced (`tracing.run_traced`): each write to a sysfs attribute reaches the
-fake kernel in order, between the script's calls, and is handled as the kernel's store function
-handles it (each rule below names its source), refusals included: a refused write fails the
-call that made it, as the real write would. Commands that act on the live system go through the
+Every command that may write runs traced (`tracing.run_traced`): each write to a sysfs
+attribute reaches the fake kernel in order, a few milliseconds after it was made, and is handled
+as the kernel's store function handles it (each rule below names its source), refusals included:
+a refused write fails the call that made it, as the real write would. A script waits after each
+call until the fake kernel has handled all it wrote. Commands that act on the live system go through the
 shell library's `vela_system`, which under a sysroot prints `vela: sysroot ROOT: not running:
 COMMAND`; the fake kernel does what that command would (load a module, enable a unit, set
 firmware through the stand-in). Nothing moves a device between drivers except an unbind, a bind,

@@ -14,6 +14,7 @@ call: the script waits there until the fake kernel has handled what the call wro
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 import re
 import shlex
@@ -57,11 +58,10 @@ def run_traced(command: str, stdin: bytes | None, handle: Handler,
     if shutil.which("strace") is None:
         raise RuntimeError("the fake kernel needs strace to see a test's writes: run scripts/setup")
     with tempfile.TemporaryDirectory(prefix="vela-trace-") as scratch:
-        log, request, reply = (Path(scratch) / name for name in ("log", "sync", "reply"))
-        os.mkfifo(reply)
-        kernel = _Kernel(_LogReader(log), handle, str(request), reply)
+        log, request, replies = (Path(scratch) / name for name in ("log", "sync", "reply"))
+        kernel = _Kernel(_LogReader(log), handle, str(request), replies)
         kernel.start()
-        script = with_sync_points(stdin, request, reply)
+        script = with_sync_points(stdin, request, replies)
         process = subprocess.Popen([*STRACE, "-o", str(log), "sh", "-c", command],
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, start_new_session=True)
@@ -83,9 +83,15 @@ class _Kernel(threading.Thread):
     answers the waiting script (refused: a write since the last sync point was refused, and
     the rest of that call's writes were not made, as the real call stopped there)."""
 
-    def __init__(self, reader: _LogReader, handle: Handler, request: str, reply: Path) -> None:
+    def __init__(self, reader: _LogReader, handle: Handler, request: str,
+                 replies: Path) -> None:
         super().__init__(daemon=True)
-        self.reader, self.handle, self.request, self.reply = reader, handle, request, reply
+        self.reader, self.handle, self.request, self.replies = reader, handle, request, replies
+        # One pipe per sync point (reply.N for the Nth): an answer can never reach the read of
+        # the next sync point through a pipe still open for writing. The next one exists before
+        # the script can ask for it.
+        self.syncs = 0
+        os.mkfifo(self._reply(1))
         self.refusals: list[str] = []
         self.refused_since_sync = False
         self.stopping = threading.Event()
@@ -102,8 +108,7 @@ class _Kernel(threading.Thread):
 
     def _one(self, write: Write) -> None:
         if write.path == self.request:
-            with open(self.reply, "w") as pipe:
-                pipe.write("refused\n" if self.refused_since_sync else "ok\n")
+            self._answer(b"refused\n" if self.refused_since_sync else b"ok\n")
             self.refused_since_sync = False
         elif not self.refused_since_sync:
             refused = self.handle(write)
@@ -111,13 +116,31 @@ class _Kernel(threading.Thread):
                 self.refusals.append(refused)
                 self.refused_since_sync = True
 
+    def _answer(self, answer: bytes) -> None:
+        self.syncs += 1
+        os.mkfifo(self._reply(self.syncs + 1))
+        # Waits for the script to open it for reading (or `finish` to stand in for a dead one).
+        with contextlib.suppress(BrokenPipeError), open(self._reply(self.syncs), "wb") as pipe:
+            pipe.write(answer)
+
+    def _reply(self, number: int) -> Path:
+        return Path(f"{self.replies}.{number}")
+
     def finish(self) -> None:
         """The command ended: handle what is left in the log, then stop."""
         self.stopping.set()
-        self.join()
+        for _ in range(600):
+            self.join(timeout=0.1)
+            if not self.is_alive():
+                return
+            # A script killed (a timeout) between its sync request and its read: be the reader
+            # the answer waits for.
+            with contextlib.suppress(OSError):
+                os.close(os.open(self._reply(self.syncs), os.O_RDONLY | os.O_NONBLOCK))
+        raise AssertionError("the fake kernel did not finish handling the command's writes")
 
 
-def with_sync_points(stdin: bytes | None, request: Path, reply: Path) -> bytes | None:
+def with_sync_points(stdin: bytes | None, request: Path, replies: Path) -> bytes | None:
     """A vela script (library, `R=...`, one call per line) with a sync point after each call;
     anything else unchanged. A refused write stops the script, as the real call's `vela_fail`
     would; in a keep-going boot script it marks the script failed and goes on."""
@@ -128,10 +151,11 @@ def with_sync_points(stdin: bytes | None, request: Path, reply: Path) -> bytes |
     if match is None or "vela_fail()" not in text[:match.start()]:
         return stdin
     sync = (f"{_SYNC_NAME}() {{ printf sync > {shlex.quote(str(request))}; "
-            f"read -r vela_answer < {shlex.quote(str(reply))}; "
+            "vela_syncs=$((vela_syncs + 1)); "
+            f"read -r vela_answer < {shlex.quote(str(replies))}.\"$vela_syncs\"; "
             f'[ "$vela_answer" = ok ]; }}')
     head, rest = text[:match.end()], text[match.end():]
-    lines: list[str] = [sync]
+    lines: list[str] = [sync, "vela_syncs=0"]
     pending = ""
     for line in rest.splitlines():
         pending = f"{pending}\n{line}" if pending else line
