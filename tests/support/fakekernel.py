@@ -5,11 +5,11 @@ Every command that may write runs traced (`tracing.run_traced`): each write to a
 attribute reaches the fake kernel in order, a few milliseconds after it was made, and is handled
 as the kernel's store function handles it (each rule below names its source), refusals included:
 a refused write fails the call that made it, as the real write would. A script waits after each
-call until the fake kernel has handled all it wrote. Commands that act on the live system go through the
-shell library's `vela_system`, which under a sysroot prints `vela: sysroot ROOT: not running:
-COMMAND`; the fake kernel does what that command would (load a module, enable a unit, set
-firmware through the stand-in). Nothing moves a device between drivers except an unbind, a bind,
-a probe or a boot.
+call until the fake kernel has handled all it wrote. Commands that act on the live system go
+through the shell library's `vela_system`, which under a sysroot prints `vela: sysroot ROOT:
+not running: COMMAND`; the fake kernel does what that command would (load a module, enable a
+unit, set firmware through the stand-in). Nothing moves a device between drivers except an
+unbind, a bind, a probe or a boot.
 
 `reboot()` is a power cycle: new boot id, the command line from /etc/default/grub, config space
 back to power-on values, no VFs, the IOMMU on or off as the command line says, every device

@@ -106,14 +106,9 @@ def _gpu_switch(host: FakeHost, index: int, bus: int, node: int, nic_vfs: int,
                           class_code=CLASS_3D, driver="nvidia", ats_control=0x0000,
                           bars=A100_BARS)[0]
             for port in switch.downstream[:2]]
-    nic_port = switch.downstream[2]
-    prefix = f"enp{nic_port.secondary_bus}s0"
-    interfaces = [f"{prefix}f0np0", f"{prefix}f1np1"]
-    pfs = host.endpoint(nic_port, vendor_id=MELLANOX, device_id=CONNECTX6,
-                        class_code=CLASS_ETHERNET, functions=2, driver="mlx5_core",
-                        net=interfaces, acs=NIC_ACS, sriov_total_vfs=8,
-                        sriov_vf_device=CONNECTX6_VF,
-                        ats_control=0x0000 if nic_ats else None, bars=[32 << 20])
+    pfs, interfaces = dual_port_connectx(host, switch.downstream[2], device_id=CONNECTX6,
+                                         vf_device=CONNECTX6_VF, total_vfs=8,
+                                         ats_control=0x0000 if nic_ats else None)
     if second_nic:
         port = switch.downstream[3]
         interfaces.append(f"enp{port.secondary_bus}s0np0")
@@ -138,3 +133,20 @@ def _nvswitches(host: FakeHost, layout: HgxLayout) -> None:
                       driver="nvidia")[0]
         for port in switch.downstream]
     layout.nvswitches = [bridge.address for bridge in bridges]
+
+
+def dual_port_connectx(host: FakeHost, port: Function, *, device_id: int, vf_device: int,
+                       total_vfs: int, ats_control: int | None = None,
+                       nic_vfs: int = 0) -> tuple[list[Function], list[str]]:
+    """A dual-port ConnectX below `port` (two PFs, mlx5_core, an ACS capability that supports
+    nothing, a 32 MiB BAR), each port with `nic_vfs` VFs; returns the PFs and their interfaces."""
+    prefix = f"enp{port.secondary_bus}s0"
+    interfaces = [f"{prefix}f0np0", f"{prefix}f1np1"]
+    pfs = host.endpoint(port, vendor_id=MELLANOX, device_id=device_id,
+                        class_code=CLASS_ETHERNET, functions=2, driver="mlx5_core",
+                        net=interfaces, acs=NIC_ACS, sriov_total_vfs=total_vfs,
+                        sriov_vf_device=vf_device, ats_control=ats_control, bars=[32 << 20])
+    for pf, interface in zip(pfs, interfaces, strict=True):
+        if nic_vfs:
+            host.add_vfs(pf, nic_vfs, driver="mlx5_core", net_prefix=interface.rsplit("np", 1)[0])
+    return pfs, interfaces

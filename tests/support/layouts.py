@@ -22,7 +22,6 @@ from .hgx import (
     A100_BARS,
     A100_SXM4_80GB,
     CLASS_3D,
-    CLASS_ETHERNET,
     CLASS_OTHER_BRIDGE,
     CONNECTX6,
     CONNECTX6_VF,
@@ -32,6 +31,7 @@ from .hgx import (
     NVSWITCH,
     HgxLayout,
     SwitchLayout,
+    dual_port_connectx,
 )
 from .recorded import recorded
 
@@ -127,16 +127,9 @@ def ibm_hgx_a100(*, hostname: str = "vela-a100-01", nic_vfs: int = 0,
             # Two functions (ports) with 8 VFs each: the sample's q35 domain XML passes the
             # host VFs 3f:00.2 and 3f:01.2 (and 93:00.2, 93:01.2), the first VF of each PF of
             # a dual-port ConnectX whose PF0 has 8 VFs (ConnectX VF offsets: PF0 2, PF1 1 + 8).
-            prefix = f"enp{port.secondary_bus}s0"
-            interfaces = [f"{prefix}f0np0", f"{prefix}f1np1"]
-            pfs = host.endpoint(port, vendor_id=MELLANOX, device_id=CONNECTX6_DX,
-                                class_code=CLASS_ETHERNET, functions=2, driver="mlx5_core",
-                                net=interfaces, acs=NIC_ACS, sriov_total_vfs=8,
-                                sriov_vf_device=CONNECTX_VF, bars=[32 << 20])
-            if nic_vfs:
-                for pf, interface in zip(pfs, interfaces, strict=True):
-                    host.add_vfs(pf, nic_vfs, driver="mlx5_core",
-                                 net_prefix=interface.rsplit("np", 1)[0])
+            pfs, interfaces = dual_port_connectx(host, port, device_id=CONNECTX6_DX,
+                                                 vf_device=CONNECTX_VF, total_vfs=8,
+                                                 nic_vfs=nic_vfs)
         group = SwitchLayout(upstream=switch.upstream.address, numa_node=node,
                              gpus=[gpu.address for gpu in gpus],
                              nic_pfs=[pf.address for pf in pfs], nic_interfaces=interfaces)
@@ -307,16 +300,9 @@ def amd_epyc_host(*, amd_iommu_off: bool = True, hostname: str = "coyote2",
             # lspci -vvv of 21:00.0 and 81:00.0: Ethernet, MaxReadReq 512, SR-IOV Total VFs 16
             # (VF 101e, offset 2, stride 1), an ACS capability with nothing in it, no ATS,
             # BAR 0 32M, driver mlx5_core.
-            prefix = f"enp{port.secondary_bus}s0"
-            interfaces = [f"{prefix}f0np0", f"{prefix}f1np1"]
-            pfs = host.endpoint(port, vendor_id=MELLANOX, device_id=CONNECTX7,
-                                class_code=CLASS_ETHERNET, functions=2, driver="mlx5_core",
-                                net=interfaces, acs=NIC_ACS, sriov_total_vfs=16,
-                                sriov_vf_device=CONNECTX_VF, bars=[32 << 20])
-            if nic_vfs:
-                for pf, interface in zip(pfs, interfaces, strict=True):
-                    host.add_vfs(pf, nic_vfs, driver="mlx5_core",
-                                 net_prefix=interface.rsplit("np", 1)[0])
+            pfs, interfaces = dual_port_connectx(host, port, device_id=CONNECTX7,
+                                                 vf_device=CONNECTX_VF, total_vfs=16,
+                                                 nic_vfs=nic_vfs)
             for pf in pfs:
                 layout.numa[pf.address] = node
                 layout.ports[pf.address] = port.address

@@ -8,7 +8,6 @@ the two-reboot firmware sequence and a delete that restores the host byte for by
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
@@ -32,6 +31,7 @@ from providers.host_tuning.target import (
 from tests.support.fakekernel import FakeKernel, KernelHost, firmware_standin
 from tests.support.hgx import hgx_a100
 from tests.support.recorded import recorded
+from tests.support.rootstate import root_snapshot
 
 STANDIN = "standin"  # in a spec: the mstconfig stand-in, wrapped for the rig's root
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -89,18 +89,7 @@ class Rig:
 
     def snapshot(self) -> dict:
         """What delete must give back: command line, files, sysfs values, firmware."""
-        state = {}
-        for path in sorted(self.root.rglob("*")):
-            relative = str(path.relative_to(self.root))
-            if relative.startswith(("proc/sys/kernel/random", "var/lib/mstconfig-standin")):
-                continue
-            if path.is_symlink():
-                state[relative] = "-> " + str(path.readlink())
-            elif path.is_file():
-                state[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
-            else:
-                state[relative] = "dir"
-        return state
+        return root_snapshot(self.root)
 
 
 def _settled(current) -> bool:

@@ -9,7 +9,6 @@ planner, and for some the whole converge loop on the fake kernel.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from tests.support.layouts import (
     ibm_hgx_a100,
 )
 from tests.support.recorded import recorded
+from tests.support.rootstate import root_snapshot
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 DEBIAN_GRUB = recorded("files/etc-default-grub-debian12.txt")
@@ -76,18 +76,7 @@ class Bench:
                                  outputs)
 
     def snapshot(self) -> dict:
-        state = {}
-        for path in sorted(self.root.rglob("*")):
-            relative = str(path.relative_to(self.root))
-            if relative.startswith(("proc/sys/kernel/random", "var/lib/mstconfig-standin")):
-                continue
-            if path.is_symlink():
-                state[relative] = "-> " + str(path.readlink())
-            elif path.is_file():
-                state[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
-            else:
-                state[relative] = "dir"
-        return state
+        return root_snapshot(self.root)
 
 
 def _acs(desired) -> dict[str, object]:
