@@ -3,7 +3,8 @@
 Modules, in the order a run uses them: `spec` (inputs, deterministic MACs), `observe` (VF
 settings, libvirt users, files), `target` (the PF, desired and original state), `preflight`
 (checks before any write), `plan` (pure: changes to make), `bootunit` (the VFs re-created at
-boot), `provider` (the dynamic provider, on the shared converge loop of `providers.common`).
+boot), `hook` (the libvirt hook that writes the VFs' ATS again after vfio-pci reset them),
+`provider` (the dynamic provider, on the shared converge loop of `providers.common`).
 """
 
 from __future__ import annotations

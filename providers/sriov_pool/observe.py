@@ -1,6 +1,7 @@
 """What SriovPool reads besides the hardware facts, in the same round trip: the PF's VF settings
 (`ip -j -d link show`), the /dev/vfio nodes, every libvirt domain's XML (to know who uses a VF),
-the pool's libvirt network, and the files SriovPool manages. Parsing is pure.
+the pool's libvirt network, and the files SriovPool manages (boot unit and script, libvirt hook,
+originals). Parsing is pure.
 """
 
 from __future__ import annotations
@@ -54,11 +55,16 @@ def unit_name(spec: SriovPoolArgs) -> str:
     return f"vela-sriov-{re.sub(r'[^A-Za-z0-9]', '-', spec.pf)}.service"
 
 
+# libvirt runs every executable here on each qemu hook event (since 6.5; libvirt docs/hooks.rst).
+HOOK_DIR = "/etc/libvirt/hooks/qemu.d"
+
+
 def paths(spec: SriovPoolArgs) -> dict[str, str]:
     stem = re.sub(r"[^A-Za-z0-9]", "-", spec.pf)
     return {"unit": f"/etc/systemd/system/{unit_name(spec)}",
             "link": f"/etc/systemd/system/multi-user.target.wants/{unit_name(spec)}",
             "script": f"/usr/local/sbin/vela-sriov-{stem}",
+            "hook": f"{HOOK_DIR}/vela-sriov-{stem}",
             "originals": f"/var/lib/vela/sriov/{stem}.json"}
 
 
@@ -70,7 +76,8 @@ def observe_script(spec: SriovPoolArgs) -> str:
     lines = [shell.assign("POOL_PF", spec.pf),
              shell.assign("POOL_NETWORK", spec.network.name if spec.network else ""),
              shell.OBSERVE_LIBRARY, _SCRIPT]
-    lines += [shell.call("observe_file", where[key]) for key in ("unit", "script", "originals")]
+    lines += [shell.call("observe_file", where[key])
+              for key in ("unit", "script", "hook", "originals")]
     lines.append(shell.call("observe_link", where["link"]))
     return "\n".join(lines) + "\n"
 

@@ -15,6 +15,7 @@ from ..common.plan import Change, Plan, driver_change, file_changes, register_ch
 from ..errors import SriovPoolError
 from ..facts.models import HostFacts, PciDevice
 from .bootunit import autoprobe_path, settings_args
+from .hook import reload_call
 from .observe import PoolObservations, VfState, domains_using, paths, unit_name
 from .spec import SriovPoolArgs
 from .target import PoolTarget
@@ -142,5 +143,13 @@ def _normal(xml: str) -> str:
 
 
 def _files(target: PoolTarget, observed: PoolObservations, spec: SriovPoolArgs) -> list[Change]:
-    return file_changes(target.files, observed.files, [paths(spec)["script"]]) + unit_changes(
-        unit_name(spec), target.unit_enabled, paths(spec)["link"] in observed.links)
+    """The boot unit and script, and the libvirt hook (executable: libvirt runs only those,
+    src/util/virhook.c virFileIsExecutable). libvirt looks for hooks when its daemon starts or
+    reloads (virHookInitialize), so a hook just created comes with a reload of the daemon."""
+    where = paths(spec)
+    changes = file_changes(target.files, observed.files, [where["script"], where["hook"]])
+    for change in changes:
+        if change.subject == where["hook"] and change.detail == "create":
+            change.calls.append(reload_call())
+    return changes + unit_changes(unit_name(spec), target.unit_enabled,
+                                  where["link"] in observed.links)

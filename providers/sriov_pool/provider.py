@@ -13,13 +13,21 @@ from __future__ import annotations
 from pulumi.dynamic import ReadResult
 
 from ..common import originals as saved
+from ..common import shell
 from ..common.converge import Converger, Outcome, look
 from ..common.dynamic import HostResourceProvider
 from ..common.plan import Plan, Snapshot
 from ..errors import SriovPoolError
 from ..facts.models import PciDevice
 from ..host import Host
-from .observe import ORIGINALS_DIRS, PoolObservations, observe_script, parse_observations, paths
+from .observe import (
+    HOOK_DIR,
+    ORIGINALS_DIRS,
+    PoolObservations,
+    observe_script,
+    parse_observations,
+    paths,
+)
 from .plan import plan
 from .preflight import preflight
 from .spec import SriovPoolArgs
@@ -110,15 +118,22 @@ def restore_originals(host: Host, spec: SriovPoolArgs, props: dict) -> Outcome |
     originals = _originals(host, spec, props, now.observed)
     if originals is None:
         return None
+    # qemu.d too when the pool's hook was all it held: no package ships it (Debian 12's
+    # libvirt-daemon-system ships /etc/libvirt/hooks, which stays).
     return converger(host, spec, lambda *_: originals).converge(
-        now, finish=saved.removal_calls(paths(spec)["originals"], ORIGINALS_DIRS))
+        now, finish=[*saved.removal_calls(paths(spec)["originals"], ORIGINALS_DIRS),
+                     shell.call("vela_remove_empty_dirs", HOOK_DIR)])
 
 
 def _originals(host: Host, spec: SriovPoolArgs, props: dict,
                observed: PoolObservations) -> PoolTarget | None:
     where = paths(spec)["originals"]
-    return saved.load(PoolTarget, observed.files.get(where), props, host=host.name,
-                      path=where, error=SriovPoolError)
+    found = saved.load(PoolTarget, observed.files.get(where), props, host=host.name,
+                       path=where, error=SriovPoolError)
+    if found is not None:
+        # Saved before the pool had a libvirt hook: there was none, and delete removes it.
+        found.files.setdefault(paths(spec)["hook"], None)
+    return found
 
 
 def outputs(spec: SriovPoolArgs, props: dict, now: Snapshot[PoolObservations], pf: PciDevice,

@@ -2,7 +2,8 @@
 
 `find_pf` resolves the port the stack names (a PCI address or an interface name) to its PCI
 function. `desired_target` turns the inputs and the facts into a `PoolTarget`: the VF count,
-each VF's settings and driver, the registers, the libvirt network, the boot unit.
+each VF's settings and driver, the registers, the libvirt network, the boot unit, and the
+libvirt hook that writes the VFs' ATS again after vfio-pci reset them.
 `original_target` captures the current value of the same items; delete applies it through the
 same planner as create.
 """
@@ -16,6 +17,7 @@ from ..common.registers import Register, ats_enable, current_register
 from ..errors import SriovPoolError
 from ..facts.models import HostFacts, PciDevice
 from .bootunit import boot_script, unit_text
+from .hook import hook_script
 from .observe import PoolObservations, VfState, paths
 from .spec import SriovPoolArgs
 
@@ -90,8 +92,11 @@ def desired_target(spec: SriovPoolArgs, facts: HostFacts, observed: PoolObservat
         target.network = NetworkTarget(name=spec.network.name, autostart=spec.network.autostart,
                                        xml=network_xml(spec.network.name, netdev))
     where = paths(spec)
+    # The hook's path is always there (None: absent), so a hook left by an earlier target is
+    # removed, and the originals know the path from the first run.
     target.files = {where["unit"]: unit_text(spec, where["script"]),
-                    where["script"]: boot_script(spec, target, pf)}
+                    where["script"]: boot_script(spec, target, pf),
+                    where["hook"]: hook_script(spec, target)}
     target.unit_enabled = True
     return target
 

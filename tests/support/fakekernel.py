@@ -563,6 +563,89 @@ class FakeKernel:
             if result.exit_code != 0:
                 self.failed_units.append(f"{name}: {result.error_text.strip()}")
 
+    # -- a guest opens a device through vfio (drivers/vfio/pci/vfio_pci_core.c) ------------------
+
+    def vfio_open(self, address: str, *, kernel_ats: bool = False) -> str | None:
+        """QEMU opening a vfio-pci function as libvirt starts a guest that holds it. Refused
+        (the message, also in `refusals`) as the real open is refused: a function vfio-pci does
+        not hold (drivers/vfio/group.c vfio_group_get_device_fd finds only devices a vfio driver
+        registered: ENODEV), or one whose IOMMU group has a member bound to a driver that uses
+        the kernel's DMA API (drivers/iommu/iommu.c iommu_group_claim_dma_owner: EPERM while
+        such a driver holds owner_cnt; vfio-pci, pci-stub and pcieport set driver_managed_dma).
+
+        Then vfio_pci_core_enable resets the function: pci_try_reset_function (drivers/pci/
+        pci.c) saves its state (pci_dev_save_and_disable), resets it and restores
+        (pci_dev_restore -> pci_restore_state). The reset is an FLR where Device Capabilities
+        says FLR Capable (bit 28; pcie_reset_flr), which every SR-IOV VF implements; a function
+        without one is opened as it is (vfio_pci_core_enable: reset_works = !ret). After the
+        FLR the config space holds its power-on values except what pci_restore_state writes
+        back: the standard header (pci_restore_config_space, dwords 0-15), the PCI Express
+        capability's control registers (pci_save_pcie_state: DevCtl, LnkCtl, SltCtl, RtCtl,
+        DevCtl2, LnkCtl2, SltCtl2), AER's (pci_restore_aer_state), and ATS only if the kernel
+        enabled ATS itself (drivers/pci/ats.c pci_restore_ats_state returns unless
+        dev->ats_enabled, which only pci_enable_ats sets, e.g. the Intel IOMMU driver at domain
+        attach where the DMAR table allows ATS: drivers/iommu/intel/iommu.c
+        iommu_enable_dev_iotlb): `kernel_ats`. So ATS set from user space through sysfs
+        `config` (setpci, vela_cfg_write) reads back as its power-on 0."""
+        where = "(drivers/vfio/group.c vfio_group_get_device_fd)"
+        refused = None
+        if self.driver_of(address) != "vfio-pci":
+            refused = f"vfio open {address}: {ENODEV} (bound to " \
+                      f"{self.driver_of(address) or 'no driver'}, not vfio-pci) {where}"
+        group = self.host.functions[address].iommu_group
+        users = sorted(f"{other.address} ({self.driver_of(other.address)})"
+                       for other in self.host.functions.values()
+                       if other.iommu_group == group and other.address != address
+                       and self.driver_of(other.address) not in (None, "vfio-pci", "pci-stub",
+                                                                 "pcieport"))
+        if refused is None and users:
+            refused = f"vfio open {address}: Operation not permitted (IOMMU group {group} " \
+                      f"also holds {', '.join(users)}) (drivers/iommu/iommu.c " \
+                      f"iommu_group_claim_dma_owner)"
+        if refused:
+            self.refusals.append(refused)
+            return refused
+        config = self._device(address) / "config"
+        current = config.read_bytes()
+        caps = decode(current)
+        if caps.pcie is None or not self._flr_capable(current, caps.pcie.offset):
+            return None
+        data = bytearray(self.host.config_space(address))
+        data[:0x40] = current[:0x40]  # pci_restore_config_space
+        for register in (0x08, 0x10, 0x18, 0x1C, 0x28, 0x30, 0x38):  # pci_restore_pcie_state
+            offset = caps.pcie.offset + register
+            data[offset:offset + 2] = current[offset:offset + 2]
+        aer = self._ext_capability(current, 0x0001)  # PCI_EXT_CAP_ID_ERR
+        if aer is not None:
+            data[aer:aer + 0x48] = current[aer:aer + 0x48]  # pci_restore_aer_state
+        if kernel_ats and caps.ats is not None:
+            # pci_restore_ats_state: PCI_ATS_CTRL_ENABLE (and, on a PF, the STU it chose).
+            control = caps.ats.offset + 6
+            physfn = self.host.functions[address].physfn is None
+            value = 0x8000 | (caps.ats.control & 0x1F if physfn else 0)
+            data[control:control + 2] = value.to_bytes(2, "little")
+        config.write_bytes(bytes(data))
+        return None
+
+    @staticmethod
+    def _flr_capable(config: bytes, pcie: int) -> bool:
+        """Device Capabilities (CAP_EXP+4) bit 28, Function Level Reset Capability (PCIe Base
+        Specification, Device Capabilities Register; drivers/pci/pci.c pcie_reset_flr)."""
+        return bool(int.from_bytes(config[pcie + 4:pcie + 8], "little") & (1 << 28))
+
+    @staticmethod
+    def _ext_capability(config: bytes, wanted: int) -> int | None:
+        """Where an extended capability starts: the chain from 0x100, each header's ID in bits
+        15:0 and the next offset in bits 31:20 (drivers/pci/pci.c pci_find_next_ext_capability)."""
+        offset, seen = 0x100, set()
+        while 0x100 <= offset < len(config) - 3 and offset not in seen:
+            seen.add(offset)
+            header = int.from_bytes(config[offset:offset + 4], "little")
+            if header & 0xFFFF == wanted:
+                return offset
+            offset = header >> 20
+        return None
+
 
 GATHER_HEADER = b"# shellcheck shell=sh\n# Gather every hardware fact"
 

@@ -7,8 +7,8 @@ This file owns linting in the suite (scripts/test and so CI run it, `--fast` inc
   scripts/*, .ci/run, providers/facts/gather.sh (POSIX sh, by its `shellcheck shell=` directive),
   the lab image's scripts, and any other file with a shell shebang or a `.sh` name;
 - the shell the providers generate (apply scripts of real plans, observation sections, boot
-  scripts, the guest's tuning script), rendered from the HGX A100 fixture and recorded lab
-  facts and checked as POSIX sh, the dialect hosts run it in (`sh -s`).
+  scripts, SriovPool's libvirt hook, the guest's tuning script), rendered from the HGX A100
+  fixture and recorded lab facts and checked as POSIX sh, the dialect hosts run it in (`sh -s`).
 The virtualenv, .git and local state (.lab, .pulumi-state, caches) are not the project's code
 and are left out. A missing linter fails, saying to run scripts/setup: the suite never passes
 without having linted.
@@ -126,7 +126,7 @@ def _generated_shell(tmp_path: Path) -> dict[str, str]:
     SriovPool and GpuVm on a recorded lab host."""
     from providers.common import shell
     from providers.common.converge import Round
-    from providers.facts import GATHER_SCRIPT, parse_gather_output
+    from providers.facts import GATHER_SCRIPT, gather_facts, parse_gather_output
     from providers.gpu_vm import guest
     from providers.gpu_vm.observe import VmObservations
     from providers.gpu_vm.observe import observe_script as vm_observe_script
@@ -142,6 +142,7 @@ def _generated_shell(tmp_path: Path) -> dict[str, str]:
     from providers.host_tuning.spec import HostTuningArgs
     from providers.host_tuning.target import desired_target, select_topology
     from providers.sriov_pool.bootunit import boot_script as pool_boot_script
+    from providers.sriov_pool.hook import hook_script
     from providers.sriov_pool.observe import PoolObservations
     from providers.sriov_pool.observe import observe_script as pool_observe_script
     from providers.sriov_pool.plan import plan as pool_plan
@@ -173,6 +174,21 @@ def _generated_shell(tmp_path: Path) -> dict[str, str]:
     pf = find_pf(pool, lab, observed)
     wanted = pool_target(pool, lab, observed, pf)
 
+    # The hook exists where VFs have ATS to hold: an HGX node whose ConnectX VFs have it.
+    ats_host, ats_layout = hgx_a100(nic_vfs=2, nic_ats=True)
+    ats_facts = gather_facts(KernelHost(FakeKernel(ats_host, ats_host.write(tmp_path / "ats"))))
+    ats_pool = SriovPoolArgs.model_validate({
+        "address": "10.0.0.1", "hostKey": HOST_KEY, "pf": ats_layout.nic_pfs[0], "numVfs": 2,
+        "network": {"name": "pool-a"}})
+    ats_pf = find_pf(ats_pool, ats_facts, PoolObservations())
+    ats_target = pool_target(ats_pool, ats_facts, PoolObservations(), ats_pf)
+    hook = hook_script(ats_pool, ats_target)
+    assert hook is not None
+    ats_seen = PoolObservations(pf=ats_pf.address, autoprobe="0",
+                                netdev=ats_layout.switches[0].nic_interfaces[0])
+    ats_apply = pool_plan(ats_pool, ats_target, ats_facts, ats_seen, ats_pf).calls
+    assert any("systemctl reload" in call for call in ats_apply)  # the hook's creation
+
     vm = GpuVmArgs.model_validate({
         "address": "10.0.0.1", "hostKey": HOST_KEY, "name": "lab-vm", "vcpus": 2,
         "memoryGib": 2, "gpus": 2, "domainType": "qemu", "cpuModel": "qemu64",
@@ -192,6 +208,8 @@ def _generated_shell(tmp_path: Path) -> dict[str, str]:
             pool_plan(pool, wanted, lab, observed, pf).calls),
         "SriovPool boot script": pool_boot_script(pool, wanted, pf),
         "SriovPool observation": GATHER_SCRIPT + pool_observe_script(pool),
+        "SriovPool libvirt hook": hook,
+        "SriovPool apply (installs the hook)": shell.script(ats_apply),
         "GpuVm apply": shell.script(creating.calls),
         "GpuVm removal": shell.script(plan_removal(vm, present).calls + removal_finish()),
         "GpuVm observation": GATHER_SCRIPT + vm_observe_script(vm),

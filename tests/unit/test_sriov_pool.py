@@ -203,3 +203,70 @@ def test_vf_registers_are_ats_only(tmp_path):
     target = desired_target(spec, facts, observed, pf)
     whats = [register.what for register in target.registers.values()]
     assert whats == ["ATS enable", "ATS enable"]  # one per VF, nothing else
+
+
+def test_the_libvirt_hook_is_a_managed_file(tmp_path):
+    """The hook that writes the VFs' ATS again after vfio-pci reset them: created executable with
+    a reload of libvirt (which looks for hooks only when it starts or reloads), observed so a
+    second run changes nothing and a changed hook is drift, removed on delete, also when the
+    originals were saved before the pool had a hook."""
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from providers.facts import gather_facts
+    from providers.host import LocalHost
+    from providers.sriov_pool.observe import observe_script
+    from providers.sriov_pool.provider import _originals, observe
+    from tests.support.hgx import hgx_a100
+
+    fake, layout = hgx_a100(nic_vfs=2, nic_ats=True)
+    facts = gather_facts(LocalHost(str(fake.write(tmp_path))))
+    switch = layout.switches[0]
+    pf = facts.device(switch.nic_pfs[0])
+    spec = _spec(pf=pf.address, numVfs=2)
+    where = paths(spec)
+    hook = where["hook"]
+    assert hook.startswith("/etc/libvirt/hooks/qemu.d/vela-sriov-")
+    assert f"observe_file {hook}\n" in observe_script(spec)
+    fresh = PoolObservations(pf=pf.address, netdev=switch.nic_interfaces[0], autoprobe="0")
+    target = desired_target(spec, facts, fresh, pf)
+    assert target.files[hook] is not None
+
+    created = [c for c in plan(spec, target, facts, fresh, pf).changes if c.subject == hook]
+    assert [c.detail for c in created] == ["create"]
+    assert created[0].calls[0].startswith(f"vela_write_file {hook} 755 ")
+    assert created[0].calls[1] == (
+        'for unit in libvirtd.service virtqemud.service; do vela_system systemctl -q is-active '
+        '"$unit" || continue; vela_system systemctl reload "$unit" || vela_fail "cannot reload '
+        '$unit: it would not run the new qemu hook until it restarts"; done')
+
+    # Installed as the plan writes them, then read back by the pool's own observation.
+    root = tmp_path
+    for path, text in target.files.items():
+        if text is not None:
+            (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+            (root / path.lstrip("/")).write_text(text)
+    (root / where["link"].lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+    (root / where["link"].lstrip("/")).symlink_to(f"../{Path(where['unit']).name}")
+    seen = observe(LocalHost(str(root)), spec).observed
+    assert seen.files[hook] == target.files[hook]
+    done = PoolObservations(**{**fresh.__dict__, "files": seen.files, "links": seen.links})
+    assert [c for c in plan(spec, target, facts, done, pf).changes if c.kind in ("file", "unit")] \
+        == []
+    edited = PoolObservations(**{**done.__dict__, "files": {**done.files, hook: "#!/bin/sh\n"}})
+    updated = [c for c in plan(spec, target, facts, edited, pf).changes if c.subject == hook]
+    assert [c.detail for c in updated] == ["update"] and len(updated[0].calls) == 1
+
+    original = original_target(spec, target, facts, fresh, pf)
+    assert original.files[hook] is None
+    removed = [c for c in plan(spec, original, facts, done, pf, refuse=False).changes
+               if c.subject == hook]
+    assert [c.calls for c in removed] == [[f"vela_remove_file {hook}"]]
+
+    # A record saved by a version without the hook: delete still removes it.
+    old = original.model_dump(mode="json")
+    del old["files"][hook]
+    found = _originals(SimpleNamespace(name="h"), spec, {"originals": json.dumps(old)},
+                       PoolObservations())
+    assert found is not None and found.files[hook] is None
