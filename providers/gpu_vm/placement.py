@@ -35,11 +35,15 @@ class PlacementError(ValueError):
 
 class GuestDevice(BaseModel):
     host_address: str
-    kind: str  # "gpu" or "vf"
+    kind: str  # "gpu", "vf" or "nvswitch"
     host_node: int | None
     host_switch: str | None
+    pci_class: int = 0  # 24 bits, as the host (and so the guest) reads it
     mac: str | None = None
     paired_with: str | None = None  # the GPU a VF pairs with (host address)
+    # A VF only: its NIC shares a host PCIe switch with the GPU it pairs with (GPUDirect RDMA
+    # goes peer to peer through that switch); False: through the CPU's root complex.
+    gpudirect: bool = False
     bar_bytes: int = 0
     guest_address: str = ""  # predicted, filled by `number_buses`
 
@@ -74,6 +78,9 @@ class Layout(BaseModel):
     devices: list[GuestDevice]
     memory_kib: int
     phys_bits: int
+    # NVLink inside the guest: True where the host's NVSwitches came along with all its GPUs,
+    # False where the host has NVSwitches but the guest took only some GPUs, None without them.
+    nvlink: bool | None = None
 
     @property
     def vcpus(self) -> int:
@@ -109,6 +116,7 @@ def _guest_device(facts: HostFacts, address: str, kind: str, mac: str | None = N
     device = facts.pci[address]
     return GuestDevice(host_address=address, kind=kind, host_node=device.numa_node,
                        host_switch=facts.upstream_switch(address), mac=mac,
+                       pci_class=device.class_code,
                        bar_bytes=sum(size for size in device.bars if size))
 
 
