@@ -92,6 +92,9 @@ class Guest(Inputs):
     ssh_keys: list[SshPublicKey] = Field(default_factory=list)
     tuning: bool = True
     mtu: int = Field(default=9000, ge=1280, le=9216)
+    # NCCL_IB_GID_INDEX for RoCE VFs: 3 is RoCE v2 over IPv4 in a ConnectX's default GID table;
+    # null leaves it to NCCL (2.21 and later pick a RoCE v2 GID themselves).
+    ib_gid_index: int | None = Field(default=3, ge=0, le=255)
 
     @field_validator("user")
     @classmethod
