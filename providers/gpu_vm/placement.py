@@ -2,14 +2,22 @@
 nodes, and the guest PCIe tree that mirrors the host's. Policy only: pure, no XML.
 
 Rules:
+- The guest's host NUMA nodes: all, `numaNodes`, or its part of the host (`hostShare`: the
+  nodes split in equal consecutive groups, one per VM, so two VMs on a 2-socket host take a
+  socket each). GPUs, VFs, CPUs and memory come from those nodes only.
 - GPUs by count come from as few NUMA nodes as possible, switch by switch, preferring switches
   that also hold a VF given to the guest (GPUDirect wants the NIC next to the GPU).
-- Each VF pairs with a GPU under the same host PCIe switch, else on the same NUMA node.
+- NVSwitch nodes: a guest with every GPU of the host takes every NVSwitch too (NVLink works
+  once Fabric Manager runs in the guest); one with only some GPUs has no NVLink, refused
+  unless `allowNoNvlink`.
+- A VF pairs with a GPU only where both sit under the same host PCIe switch (GPUDirect RDMA
+  goes peer to peer there), and then sits under that GPU's virtual switch. Any other VF gets a
+  root port of its own on its NUMA node's expander: it never claims a switch it is not under.
 - One guest NUMA cell per host node used; vCPUs pinned 1:1 to that node's CPUs after the
-  `reservedCpus` left to the emulator and I/O threads; memory split across the cells.
+  `reservedCpus` left to the emulator and I/O threads, never on a CPU another domain is
+  pinned to; memory split across the cells.
 - Guest PCIe: one expander bus (pxb-pcie) per host root complex used, on its guest cell; a
-  root port per host root port; a switch per host switch, with a downstream port per device;
-  a VF paired with a GPU sits under the GPU's virtual switch.
+  root port per host root port; a switch per host switch, with a downstream port per device.
 - Guest bus numbers are predicted (depth first from each expander's busNr, as the guest's
   firmware and Linux number them), so the NCCL topology file can name guest addresses.
 """
@@ -23,6 +31,8 @@ from pydantic import BaseModel, Field
 from ..common.selectors import matches
 from ..facts.models import HostFacts, PciDevice
 from .spec import GpuVmArgs
+
+NVSWITCH_SELECTOR = "nvidia-nvswitch"
 
 GIB_KIB = 1024 * 1024
 FIRST_BUS = 0x80  # expander buses sit above everything libvirt numbers on pcie.0
@@ -92,22 +102,55 @@ def candidate_gpus(spec: GpuVmArgs, facts: HostFacts) -> list[PciDevice]:
             if not device.is_bridge and any(matches(sel, device) for sel in spec.gpu_selector)]
 
 
+def nvswitches(facts: HostFacts) -> list[PciDevice]:
+    """The host's NVSwitch functions (HGX/DGX baseboards: bridge class 0x0680)."""
+    return [device for _, device in sorted(facts.pci.items())
+            if matches(NVSWITCH_SELECTOR, device)]
+
+
 def place(spec: GpuVmArgs, facts: HostFacts, taken: dict[str, str],
-          hugepage_kib: int = GIB_KIB) -> Layout:
-    """`taken`: host PCI address -> the domain that already holds it."""
-    vfs = _vfs(spec, facts, taken)
-    gpus = _gpus(spec, facts, taken, vfs)
-    _pair(facts, gpus, vfs)
-    nodes = sorted({device.host_node for device in gpus + vfs if device.host_node is not None}) \
-        or [facts.numa_nodes[0].id if facts.numa_nodes else 0]
-    cells, emulator = _cells(spec, facts, nodes, hugepage_kib)
-    complexes = _tree(facts, nodes, gpus, vfs)
+          hugepage_kib: int = GIB_KIB, pinned: dict[int, str] | None = None) -> Layout:
+    """`taken`: host PCI address -> the domain that already holds it; `pinned`: host CPU ->
+    a domain whose vCPUs or emulator are pinned there."""
+    allowed = allowed_nodes(spec, facts)
+    vfs = _vfs(spec, facts, taken, allowed)
+    gpus = _gpus(spec, facts, taken, vfs, allowed)
+    switches, nvlink = _nvswitches(spec, facts, taken, gpus)
+    _pair(gpus, vfs)
+    nodes = sorted({device.host_node for device in gpus + vfs if device.host_node is not None}
+                   & set(allowed)) or allowed
+    cells, emulator = _cells(spec, facts, nodes, hugepage_kib, pinned or {})
+    complexes = _tree(facts, nodes, gpus + switches + vfs)
     number_buses(complexes)
     memory = sum(cell.memory_kib for cell in cells)
-    devices = gpus + vfs
+    devices = gpus + switches + vfs
     return Layout(cells=cells, emulator_cpus=emulator, complexes=complexes, devices=devices,
-                  memory_kib=memory,
+                  memory_kib=memory, nvlink=nvlink,
                   phys_bits=physical_bits(memory, [d.bar_bytes for d in devices]))
+
+
+def allowed_nodes(spec: GpuVmArgs, facts: HostFacts) -> list[int]:
+    """The host NUMA nodes this guest may use: all, `numaNodes`, or its `hostShare`."""
+    every = sorted(node.id for node in facts.numa_nodes) or [0]
+    if spec.numa_nodes is not None:
+        missing = sorted(set(spec.numa_nodes) - set(every))
+        if missing:
+            raise PlacementError(f"numaNodes names node(s) {missing} the host does not have "
+                                 f"(it has {every})")
+        return sorted(spec.numa_nodes)
+    if spec.host_share is None:
+        return every
+    share = spec.host_share
+    if share.count > len(every):
+        raise PlacementError(f"{share.count} VMs per host, one per part of its NUMA nodes, but "
+                             f"the host has {len(every)} node(s) ({every}): give it at most "
+                             f"{len(every)} VMs (vmsPerNode)")
+    if len(every) % share.count:
+        raise PlacementError(f"the host's {len(every)} NUMA nodes do not split into "
+                             f"{share.count} equal parts: set vmsPerNode to a divisor of "
+                             f"{len(every)}")
+    size = len(every) // share.count
+    return every[share.index * size:(share.index + 1) * size]
 
 
 # -- devices ---------------------------------------------------------------------------------------
@@ -120,12 +163,19 @@ def _guest_device(facts: HostFacts, address: str, kind: str, mac: str | None = N
                        bar_bytes=sum(size for size in device.bars if size))
 
 
-def _vfs(spec: GpuVmArgs, facts: HostFacts, taken: dict[str, str]) -> list[GuestDevice]:
+def _vfs(spec: GpuVmArgs, facts: HostFacts, taken: dict[str, str],
+         allowed: list[int]) -> list[GuestDevice]:
     chosen = []
     for vf in spec.vfs:
         if vf.address not in facts.pci:
             raise PlacementError(f"VF {vf.address} does not exist on this host (did the "
                                  f"SriovPool create it?)")
+        node = facts.pci[vf.address].numa_node
+        if node is not None and node not in allowed:
+            if spec.host_share is not None:
+                continue  # another part of the host: its VM takes it
+            raise PlacementError(f"VF {vf.address} is on NUMA node {node}, outside numaNodes "
+                                 f"{allowed}")
         if vf.address in taken:
             raise PlacementError(f"VF {vf.address} is already assigned to domain "
                                  f"{taken[vf.address]!r}")
@@ -134,8 +184,7 @@ def _vfs(spec: GpuVmArgs, facts: HostFacts, taken: dict[str, str]) -> list[Guest
 
 
 def _gpus(spec: GpuVmArgs, facts: HostFacts, taken: dict[str, str],
-          vfs: list[GuestDevice]) -> list[GuestDevice]:
-    candidates = candidate_gpus(spec, facts)
+          vfs: list[GuestDevice], allowed: list[int]) -> list[GuestDevice]:
     if isinstance(spec.gpus, list):
         for address in spec.gpus:
             if address not in facts.pci:
@@ -143,12 +192,21 @@ def _gpus(spec: GpuVmArgs, facts: HostFacts, taken: dict[str, str],
             if address in taken:
                 raise PlacementError(f"GPU {address} is already assigned to domain "
                                      f"{taken[address]!r}")
+            node = facts.pci[address].numa_node
+            if node is not None and node not in allowed:
+                raise PlacementError(f"GPU {address} is on NUMA node {node}, outside this "
+                                     f"guest's nodes {allowed}")
         return [_guest_device(facts, address, "gpu") for address in spec.gpus]
+    candidates = [gpu for gpu in candidate_gpus(spec, facts)
+                  if gpu.numa_node is None or gpu.numa_node in allowed]
     free = [gpu for gpu in candidates if gpu.address not in taken]
     if len(free) < spec.gpus:
         held = sorted({taken[gpu.address] for gpu in candidates if gpu.address in taken})
+        where = "" if allowed == sorted(n.id for n in facts.numa_nodes) else \
+            f" on NUMA node(s) {allowed}"
         raise PlacementError(f"{spec.gpus} GPU(s) asked for, {len(free)} free of "
-                             f"{len(candidates)} (held by domains: {', '.join(held) or 'none'})")
+                             f"{len(candidates)}{where} (held by domains: "
+                             f"{', '.join(held) or 'none'})")
     vf_switches = {vf.host_switch for vf in vfs if vf.host_switch}
     by_node: dict[int | None, list[PciDevice]] = {}
     for gpu in free:
@@ -167,23 +225,71 @@ def _gpus(spec: GpuVmArgs, facts: HostFacts, taken: dict[str, str],
     return [_guest_device(facts, gpu.address, "gpu") for gpu in chosen]
 
 
-def _pair(facts: HostFacts, gpus: list[GuestDevice], vfs: list[GuestDevice]) -> None:
-    free = list(gpus)
-    for rule in (lambda vf, gpu: vf.host_switch and vf.host_switch == gpu.host_switch,
-                 lambda vf, gpu: vf.host_node == gpu.host_node):
-        for vf in vfs:
-            if vf.paired_with:
-                continue
-            gpu = next((gpu for gpu in free if rule(vf, gpu)), None)
-            if gpu is not None:
-                vf.paired_with = gpu.host_address
-                free.remove(gpu)
+def _nvswitches(spec: GpuVmArgs, facts: HostFacts, taken: dict[str, str],
+                gpus: list[GuestDevice]) -> tuple[list[GuestDevice], bool | None]:
+    """All the host's NVSwitches when the guest has all its GPUs, and whether NVLink works.
+
+    On NVSwitch systems GPU-to-GPU NVLink traffic crosses the NVSwitches, and Fabric Manager
+    (in the guest, for full passthrough) brings the fabric up only with every GPU and every
+    NVSwitch of the baseboard; a guest with some of the GPUs gets no NVLink at all (NVIDIA
+    Fabric Manager user guide, "Full Passthrough Virtualization Model")."""
+    switches = nvswitches(facts)
+    if not switches or not gpus:
+        return [], None
+    every = {gpu.address for gpu in candidate_gpus(spec, facts)}
+    if not every <= {gpu.host_address for gpu in gpus}:
+        if not spec.allow_no_nvlink:
+            raise PlacementError(
+                f"this host's GPUs talk over {len(switches)} NVSwitches, which a guest gets "
+                f"only with all {len(every)} GPUs; with {len(gpus)} it has no NVLink (GPU to "
+                f"GPU traffic over PCIe). Give the guest all {len(every)} GPUs (one VM per "
+                f"node), or set allowNoNvlink: true to accept guests without NVLink")
+        return [], False
+    held = sorted({taken[s.address] for s in switches if s.address in taken})
+    if held:
+        raise PlacementError(f"the NVSwitches are held by domain(s) {', '.join(held)}: a guest "
+                             f"with all GPUs needs them for NVLink")
+    return [_guest_device(facts, s.address, "nvswitch") for s in switches], True
+
+
+def _pair(gpus: list[GuestDevice], vfs: list[GuestDevice]) -> None:
+    """Each VF under a host switch that also holds guest GPUs pairs with one of them (the
+    least paired, so two NICs under a switch of two GPUs pair one each): GPUDirect."""
+    mates: dict[str, list[GuestDevice]] = {}
+    for gpu in gpus:
+        if gpu.host_switch:
+            mates.setdefault(gpu.host_switch, []).append(gpu)
+    load: dict[str, int] = {}
+    for vf in vfs:
+        candidates = mates.get(vf.host_switch or "", [])
+        if not candidates:
+            continue
+        gpu = min(candidates, key=lambda g: (load.get(g.host_address, 0), g.host_address))
+        load[gpu.host_address] = load.get(gpu.host_address, 0) + 1
+        vf.paired_with, vf.gpudirect = gpu.host_address, True
+
+
+def gpu_nic_pairs(layout: Layout) -> list[dict]:
+    """For each GPU, the guest NIC NCCL will pair with it and whether that pair has GPUDirect
+    locality (one host PCIe switch), as the outputs and the plan report them."""
+    vfs = [d for d in layout.devices if d.kind == "vf"]
+    pairs = []
+    for gpu in (d for d in layout.devices if d.kind == "gpu"):
+        local = [vf for vf in vfs if vf.paired_with == gpu.host_address] or \
+            [vf for vf in vfs if vf.host_switch and vf.host_switch == gpu.host_switch]
+        near = local or [vf for vf in vfs if vf.host_node == gpu.host_node]
+        nic = near[0] if near else None
+        pairs.append({"gpu": gpu.host_address, "nic": nic.host_address if nic else None,
+                      "gpudirect": bool(local),
+                      "path": "one PCIe switch" if local else
+                      "through the CPU (same NUMA node)" if nic else "no NIC on its node"})
+    return pairs
 
 
 # -- CPUs and memory -------------------------------------------------------------------------------
 
-def _cells(spec: GpuVmArgs, facts: HostFacts, nodes: list[int],
-           hugepage_kib: int) -> tuple[list[GuestCell], list[int]]:
+def _cells(spec: GpuVmArgs, facts: HostFacts, nodes: list[int], hugepage_kib: int,
+           pinned: dict[int, str]) -> tuple[list[GuestCell], list[int]]:
     emulator: list[int] = []
     usable: dict[int, list[int]] = {}
     for node_id in nodes:
@@ -191,9 +297,10 @@ def _cells(spec: GpuVmArgs, facts: HostFacts, nodes: list[int],
         if node is None:
             raise PlacementError(f"host NUMA node {node_id} is not described by the host")
         emulator += node.cpus[:spec.reserved_cpus]
-        usable[node_id] = node.cpus[spec.reserved_cpus:]
+        # Another domain's vCPUs (or its emulator) pinned there would share the core.
+        usable[node_id] = [cpu for cpu in node.cpus[spec.reserved_cpus:] if cpu not in pinned]
     if spec.whole_nodes:
-        counts = {node: len(usable[node]) for node in nodes}
+        counts = {node: len(usable[node]) for node in nodes}  # pinned CPUs left out
         memory = {}
         for node in nodes:
             pool = facts.node(node).pool(hugepage_kib)
@@ -206,8 +313,12 @@ def _cells(spec: GpuVmArgs, facts: HostFacts, nodes: list[int],
     next_vcpu = 0
     for index, node in enumerate(nodes):
         if counts[node] > len(usable[node]):
+            busy = sorted({name for cpu, name in pinned.items()
+                           if cpu in facts.node(node).cpus})
             raise PlacementError(f"{counts[node]} vCPUs on host node {node}, which has "
-                                 f"{len(usable[node])} CPUs after {spec.reserved_cpus} reserved")
+                                 f"{len(usable[node])} CPUs after {spec.reserved_cpus} reserved"
+                                 + (f" and those pinned by domain(s) {', '.join(busy)}"
+                                    if busy else ""))
         if memory[node] <= 0:
             raise PlacementError(f"no memory for guest cell {index} (host node {node})")
         cells.append(GuestCell(id=index, host_node=node,
@@ -237,30 +348,27 @@ def physical_bits(memory_kib: int, bars: list[int]) -> int:
 
 # -- the guest PCIe tree ---------------------------------------------------------------------------
 
-def _tree(facts: HostFacts, nodes: list[int], gpus: list[GuestDevice],
-          vfs: list[GuestDevice]) -> list[GuestComplex]:
+def _tree(facts: HostFacts, nodes: list[int],
+          devices: list[GuestDevice]) -> list[GuestComplex]:
+    """GPUs and NVSwitches under their host switch's mirror; a VF there only when it pairs
+    with a GPU of that switch (GPUDirect), else on a root port of its own."""
     cell_of = {node: index for index, node in enumerate(nodes)}
     complexes: dict[str, GuestComplex] = {}
     ports: dict[tuple[str, str], GuestSwitch] = {}
-    partner = {vf.paired_with: vf for vf in vfs if vf.paired_with}
-    for device in gpus + [vf for vf in vfs if not vf.paired_with]:
+    for device in devices:
         host = facts.pci[device.host_address]
-        complex_ = complexes.setdefault(host.root_complex or "pci0000:00", GuestComplex(
-            host_root_complex=host.root_complex or "pci0000:00",
-            cell=cell_of.get(device.host_node, 0)))
-        root_port = host.upstream[0] if host.upstream else device.host_address
-        key = (complex_.host_root_complex, device.host_switch or root_port + "/" +
-               device.host_address)
+        root_complex = host.root_complex or "pci0000:00"
+        complex_ = complexes.setdefault(root_complex, GuestComplex(
+            host_root_complex=root_complex, cell=cell_of.get(device.host_node, 0)))
+        mirrored = device.host_switch is not None and (device.kind != "vf" or device.gpudirect)
+        key = (root_complex, device.host_switch if mirrored else "own:" + device.host_address)
         port = ports.get(key)
         if port is None:
-            port = GuestSwitch(switch=device.host_switch is not None or device.host_address in
-                               partner, host_upstream=device.host_switch)
+            port = GuestSwitch(switch=mirrored,
+                               host_upstream=device.host_switch if mirrored else None)
             ports[key] = port
             complex_.ports.append(port)
         port.devices.append(device)
-        if device.host_address in partner:
-            port.devices.append(partner[device.host_address])
-            port.switch = True
     return sorted(complexes.values(), key=lambda c: (c.cell, c.host_root_complex))
 
 

@@ -28,7 +28,7 @@ from .spec import GpuVmArgs
 from .target import DomainTarget, desired_domain
 
 # Inputs whose change means another domain (devices cannot be held twice: delete first).
-REPLACE_ON = {"address", "port", "name", "gpus", "gpuSelector", "vfs"}
+REPLACE_ON = {"address", "port", "name", "gpus", "gpuSelector", "vfs", "numaNodes", "hostShare"}
 # Inputs that change the definition: applied at the next start, so a running guest restarts.
 # Every other input (start, timeouts, user, hostKey) applies without touching the guest.
 RESTART_ON = {"vcpus", "memoryGib", "wholeNodes", "reservedCpus", "image", "kernelBoot",

@@ -102,6 +102,23 @@ class Guest(Inputs):
         return user_name(value)
 
 
+class HostShare(Inputs):
+    """This guest's part of the host when several VMs share it: the host's NUMA nodes split
+    into `count` equal consecutive groups, the guest taking group `index` (on a 2-socket host,
+    `count: 2` gives each VM a socket). `vfs` then lists the VFs the guest may take: it takes
+    those on its nodes and leaves the others to the VMs of the other parts."""
+
+    index: int = Field(ge=0, le=63)
+    count: int = Field(ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _within(self) -> HostShare:
+        if self.index >= self.count:
+            raise ValueError(f"index {self.index} is not below count {self.count} "
+                             f"(parts are numbered from 0)")
+        return self
+
+
 class GpuVmArgs(SshTarget):
     name: DomainName
     vcpus: int | None = Field(default=None, ge=1, le=1024)
@@ -111,6 +128,11 @@ class GpuVmArgs(SshTarget):
     gpus: Annotated[int, Field(ge=0, le=64)] | list[Address] = 0
     gpu_selector: list[DeviceSelector] = Field(default_factory=lambda: ["nvidia-gpu"])
     vfs: list[VfRef] = Field(default_factory=list)
+    # Where on the host: every NUMA node (default), these nodes, or a part of the host.
+    numa_nodes: list[Annotated[int, Field(ge=0, le=1023)]] | None = None
+    host_share: HostShare | None = None
+    # On an NVSwitch node, a guest with only some GPUs has no NVLink: refused unless allowed.
+    allow_no_nvlink: bool = False
     image: Image | None = None
     kernel_boot: KernelBoot | None = None
     firmware: Literal["bios", "efi"] = "bios"
@@ -148,6 +170,11 @@ class GpuVmArgs(SshTarget):
                              "model, for example cpuModel: qemu64")
         if isinstance(self.gpus, list) and len(set(self.gpus)) != len(self.gpus):
             raise ValueError("a GPU address is listed twice")
+        if self.numa_nodes is not None and self.host_share is not None:
+            raise ValueError("give numaNodes or hostShare, not both")
+        if self.numa_nodes is not None and (not self.numa_nodes or
+                                            len(set(self.numa_nodes)) != len(self.numa_nodes)):
+            raise ValueError("numaNodes lists each host NUMA node once, and at least one")
         addresses = [vf.address for vf in self.vfs]
         if len(set(addresses)) != len(addresses):
             raise ValueError("a VF is listed twice")

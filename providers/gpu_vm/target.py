@@ -59,7 +59,8 @@ def _place(host_name: str, spec: GpuVmArgs, facts: HostFacts, observed: VmObserv
         if len(gpus) == spec.gpus:
             spec = spec.model_copy(update={"gpus": gpus})
     try:
-        layout = place(spec, facts, taken_devices(observed, spec.name))
+        layout = place(spec, facts, taken_devices(observed, spec.name),
+                       pinned=pinned_cpus(observed, spec.name))
     except PlacementError as exc:
         raise GpuVmError(f"{host_name}: {exc}. Nothing was changed.") from None
     problems = preflight(spec, facts, observed, layout, new=current is None)
@@ -83,3 +84,28 @@ def domain_spec(spec: GpuVmArgs, observed: VmObservations, current: Domain | Non
         kernel=boot.kernel if boot else None, initrd=boot.initrd if boot else None,
         cmdline=boot.cmdline if boot else None, seed=where["seed"], network=spec.network,
         console_log=where["console"])
+
+
+def pinned_cpus(observed: VmObservations, except_name: str) -> dict[int, str]:
+    """Host CPU -> a domain whose vCPUs or emulator threads are pinned there (their cpusets
+    in `<cputune>`, libvirt's formatdomain "CPU Tuning"): another guest's vCPUs go elsewhere."""
+    pinned: dict[int, str] = {}
+    for domain in observed.domains:
+        if domain.name == except_name:
+            continue
+        for pin in domain.root.iterfind("cputune/*[@cpuset]"):
+            for cpu in cpu_list(pin.get("cpuset")):
+                pinned.setdefault(cpu, domain.name)
+    return pinned
+
+
+def cpu_list(cpuset: str) -> list[int]:
+    """libvirt's cpuset syntax: "0-3,8,^2" (ranges, singles, exclusions)."""
+    chosen: set[int] = set()
+    for part in cpuset.split(","):
+        part = part.strip()
+        target, excluded = (part[1:], True) if part.startswith("^") else (part, False)
+        low, _, high = target.partition("-")
+        span = set(range(int(low), int(high or low) + 1))
+        chosen = chosen - span if excluded else chosen | span
+    return sorted(chosen)

@@ -95,14 +95,19 @@ def test_golden_hgx_node_with_8_gpus_and_4_vfs(hgx):
     # The first CPU of each node is left to the emulator; vCPUs are pinned to the others.
     assert placed.emulator_cpus == [0, 40] and placed.cells[0].host_cpus[0] == 1
     assert placed.cells[1].host_cpus[0] == 41
-    assert len(placed.complexes) == 4
+    # The four GPU switches, each with its two GPUs and the VF of the NIC beside them, and
+    # the NVSwitches' switch: a whole-node guest takes them all, so NVLink works inside it.
+    assert placed.nvlink is True and len(placed.complexes) == 5
+    kinds = [[device.kind for device in c.ports[0].devices] for c in placed.complexes]
+    assert sorted(kinds) == [["gpu", "gpu", "vf"]] * 4 + [["nvswitch"] * 6]
     for complex_ in placed.complexes:
         switch, = complex_.ports
-        kinds = [device.kind for device in switch.devices]
-        assert switch.switch and kinds == ["gpu", "vf", "gpu"]
-        vf = switch.devices[1]
-        assert vf.paired_with == switch.devices[0].host_address
-        assert vf.host_switch == switch.devices[0].host_switch
+        assert switch.switch
+        for vf in (device for device in switch.devices if device.kind == "vf"):
+            assert vf.gpudirect and vf.paired_with == switch.devices[0].host_address
+            assert vf.host_switch == switch.devices[0].host_switch
+    assert sorted(d.host_address for d in placed.devices if d.kind == "nvswitch") \
+        == sorted(layout.nvswitches)
     assert placed.phys_bits == 42  # 512 GiB + 8 x 128 GiB BARs needs more than 40
     element = domain(domain_spec, placed)
     validate(element)
@@ -143,7 +148,7 @@ def test_gpus_by_count_prefer_one_numa_node_and_a_switch_with_a_vf(hgx):
     facts, layout = hgx
     far_vf = facts.device(layout.switches[3].nic_pfs[0]).virtfns[0].address
     spec = _spec(name="two", vcpus=8, memoryGib=16, gpus=2, vfs=[{"address": far_vf}],
-                 image={"path": "/x.qcow2"})
+                 image={"path": "/x.qcow2"}, allowNoNvlink=True)
     placed = place(spec, facts, {})
     gpus = [device for device in placed.devices if device.kind == "gpu"]
     assert [gpu.host_address for gpu in gpus] == layout.switches[3].gpus
@@ -153,7 +158,8 @@ def test_gpus_by_count_prefer_one_numa_node_and_a_switch_with_a_vf(hgx):
 def test_taken_devices_are_refused_or_skipped(hgx):
     facts, layout = hgx
     taken = {gpu: "other-vm" for gpu in layout.gpus[:6]}
-    spec = _spec(name="x", vcpus=4, memoryGib=8, gpus=2, image={"path": "/x.qcow2"})
+    spec = _spec(name="x", vcpus=4, memoryGib=8, gpus=2, image={"path": "/x.qcow2"},
+                 allowNoNvlink=True)
     assert [d.host_address for d in place(spec, facts, taken).devices] == layout.gpus[6:]
     with pytest.raises(PlacementError, match="3 GPU.*2 free of 8.*other-vm"):
         place(spec.model_copy(update={"gpus": 3}), facts, taken)
@@ -177,9 +183,10 @@ def test_nccl_topology_groups_gpus_and_nics_by_switch_and_numa_node(hgx):
     for cpu in cpus:
         for switch in cpu.findall("pci"):
             classes = [child.get("class") for child in switch.findall("pci")]
-            assert classes == ["0x030200", "0x020000", "0x030200"]
+            assert classes == ["0x030200", "0x030200", "0x020000"]
             assert switch.find("pci/nic/net").get("gdr") == "1"
-    guest_addresses = {d.guest_address for d in placed.devices}
+    # NVSwitches are not in NCCL's file: NCCL learns NVLink from NVML in the guest.
+    guest_addresses = {d.guest_address for d in placed.devices if d.kind != "nvswitch"}
     assert {pci.get("busid") for pci in topology.iter("pci") if pci.get("class") != "0x060400"} \
         == guest_addresses
 
