@@ -1,0 +1,200 @@
+"""GpuVm placement on the published layouts: NVSwitches with a whole-node guest, GPU-NIC pairs
+that match the host's switches, a VM per socket, and vCPUs that never share a CPU.
+
+Facts come from the fake hosts of tests/support (HGX A100, IBM's Vela HGX sample, a DGX
+A100-like node) read through the real facts layer.
+"""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from providers.facts import gather_facts
+from providers.gpu_vm.placement import PlacementError, gpu_nic_pairs, place
+from providers.gpu_vm.spec import GpuVmArgs
+from providers.gpu_vm.target import cpu_list
+from providers.host import LocalHost
+from tests.support.hgx import hgx_a100
+from tests.support.layouts import dgx_a100, ibm_hgx_a100
+
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+
+
+def _facts(built, tmp_path_factory):
+    host, layout = built
+    return gather_facts(LocalHost(str(host.write(tmp_path_factory.mktemp("host"))))), layout
+
+
+@pytest.fixture(scope="module")
+def hgx(tmp_path_factory):
+    return _facts(hgx_a100(nic_vfs=2, hugepages_1g_per_node=64), tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def ibm(tmp_path_factory):
+    return _facts(ibm_hgx_a100(nic_vfs=2), tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def dgx(tmp_path_factory):
+    return _facts(dgx_a100(nic_vfs=1), tmp_path_factory)
+
+
+def _spec(**values) -> GpuVmArgs:
+    return GpuVmArgs.model_validate({"address": "10.0.0.1", "hostKey": HOST_KEY, "name": "vm",
+                                     "image": {"path": "/base.qcow2"}, "vcpus": 4,
+                                     "memoryGib": 8, **values})
+
+
+def _vfs(facts, pfs, per_pf: int = 1) -> list[dict]:
+    return [{"address": vf.address} for pf in pfs for vf in facts.device(pf).virtfns[:per_pf]]
+
+
+def _port_of(layout, address):
+    for complex_ in layout.complexes:
+        for port in complex_.ports:
+            if address in {device.host_address for device in port.devices}:
+                return complex_, port
+    raise AssertionError(f"{address} not placed")
+
+
+# -- NVSwitch nodes --------------------------------------------------------------------------
+
+def test_a_guest_with_some_gpus_of_an_nvswitch_node_is_refused_unless_allowed(hgx):
+    facts, layout = hgx
+    with pytest.raises(PlacementError, match=r"6 NVSwitches.*all 8 GPUs; with 4 it has no "
+                                             r"NVLink.*allowNoNvlink: true"):
+        place(_spec(gpus=4), facts, {})
+    partial = place(_spec(gpus=4, allowNoNvlink=True), facts, {})
+    assert partial.nvlink is False
+    assert not [d for d in partial.devices if d.kind == "nvswitch"]
+
+
+def test_nvswitches_held_elsewhere_stop_a_whole_node_guest(hgx):
+    facts, layout = hgx
+    with pytest.raises(PlacementError, match="NVSwitches are held by domain"):
+        place(_spec(gpus=8), facts, {layout.nvswitches[0]: "old-vm"})
+
+
+def test_a_host_without_nvswitches_says_nothing_of_nvlink(ibm):
+    facts, _ = ibm
+    assert place(_spec(gpus=2), facts, {}).nvlink is None
+
+
+# -- GPU-NIC pairs ---------------------------------------------------------------------------
+
+def test_ibm_sample_nics_pair_only_under_their_own_switch(ibm):
+    """IBM's sample: NICs under dd and b5 only. Their VFs sit under those switches with the
+    GPUs there; the GPUs of c9 and a1 reach a NIC only through the CPU, and say so."""
+    facts, layout = ibm
+    vfs = _vfs(facts, [layout.labels["dd"].nic_pfs[0], layout.labels["b5"].nic_pfs[0]])
+    placed = place(_spec(gpus=8, vcpus=8, memoryGib=16, vfs=vfs), facts, {})
+    for label in ("dd", "b5"):
+        group = layout.labels[label]
+        vf = facts.device(group.nic_pfs[0]).virtfns[0].address
+        _, port = _port_of(placed, vf)
+        assert port.switch and port.host_upstream == group.upstream
+        assert {d.host_address for d in port.devices} == set(group.gpus) | {vf}
+    pairs = {pair["gpu"]: pair for pair in gpu_nic_pairs(placed)}
+    for label, local in (("c9", False), ("dd", True), ("b5", True), ("a1", False)):
+        for gpu in layout.labels[label].gpus:
+            assert pairs[gpu]["gpudirect"] is local
+            assert pairs[gpu]["path"] == ("one PCIe switch" if local else
+                                          "through the CPU (same NUMA node)")
+            nic = facts.device(pairs[gpu]["nic"])
+            assert nic.numa_node == facts.device(gpu).numa_node
+
+
+def test_a_vf_without_a_gpu_of_its_switch_gets_its_own_root_port(ibm):
+    """The guest takes c9's GPUs and a VF of the NIC under dd: no shared switch, so the VF is
+    on a root port of its own on the same NUMA node's expander, not under c9's mirror."""
+    facts, layout = ibm
+    vf = facts.device(layout.labels["dd"].nic_pfs[0]).virtfns[0].address
+    placed = place(_spec(gpus=layout.labels["c9"].gpus, vfs=[{"address": vf}]), facts, {})
+    complex_, port = _port_of(placed, vf)
+    assert not port.switch and [d.host_address for d in port.devices] == [vf]
+    assert complex_.cell == placed.cells[0].id and placed.cells[0].host_node == 0
+    device = next(d for d in placed.devices if d.host_address == vf)
+    assert device.paired_with is None and device.gpudirect is False
+    _, gpu_port = _port_of(placed, layout.labels["c9"].gpus[0])
+    assert vf not in {d.host_address for d in gpu_port.devices}
+
+
+def test_more_vfs_than_gpus_under_a_switch_stay_under_it_shared_out(dgx):
+    """DGX A100-like: two NICs under each switch of two GPUs; with two VFs of each NIC the
+    switch holds four VFs for two GPUs: all really sit there, two per GPU."""
+    facts, layout = dgx
+    group = layout.switches[0]
+    vfs = [{"address": vf.address} for pf in group.nic_pfs
+           for vf in facts.device(pf).virtfns]
+    placed = place(_spec(gpus=group.gpus, vfs=vfs, allowNoNvlink=True), facts, {})
+    _, port = _port_of(placed, group.gpus[0])
+    placed_vfs = [d for d in port.devices if d.kind == "vf"]
+    assert len(placed_vfs) == len(vfs) and all(vf.gpudirect for vf in placed_vfs)
+    per_gpu = [sum(vf.paired_with == gpu for vf in placed_vfs) for gpu in group.gpus]
+    assert per_gpu == [len(vfs) // 2] * 2
+
+
+# -- several VMs per node --------------------------------------------------------------------
+
+def test_two_vms_per_two_socket_node_take_a_socket_each(hgx):
+    facts, layout = hgx
+    vfs = _vfs(facts, layout.nic_pfs)  # every NIC's first VF: each VM takes its node's
+    taken: dict[str, str] = {}
+    pinned: dict[int, str] = {}
+    placed = []
+    for index in range(2):
+        spec = _spec(name=f"vm{index}", gpus=4, vfs=vfs, allowNoNvlink=True,
+                     hostShare={"index": index, "count": 2})
+        layout_ = place(spec, facts, taken, pinned=pinned)
+        placed.append(layout_)
+        node = layout_.cells[0].host_node
+        assert [cell.host_node for cell in layout_.cells] == [index] == [node]
+        for device in layout_.devices:
+            assert facts.device(device.host_address).numa_node == node
+            taken[device.host_address] = spec.name
+        assert {d.kind for d in layout_.devices} == {"gpu", "vf"}
+        assert all(d.gpudirect for d in layout_.devices if d.kind == "vf")
+        for cell in layout_.cells:
+            assert set(cell.host_cpus) <= set(facts.node(node).cpus)
+            pinned.update({cpu: spec.name for cpu in cell.host_cpus})
+    gpus = [{d.host_address for d in one.devices if d.kind == "gpu"} for one in placed]
+    assert not gpus[0] & gpus[1] and len(gpus[0] | gpus[1]) == 8
+
+
+def test_vcpus_avoid_cpus_another_domain_is_pinned_to(hgx):
+    facts, _ = hgx
+    spec = _spec(gpus=0, vcpus=4, numaNodes=[0])
+    first = place(spec, facts, {})
+    pinned = {cpu: "first" for cpu in first.cells[0].host_cpus + first.emulator_cpus}
+    second = place(spec, facts, {}, pinned=pinned)
+    assert not set(second.cells[0].host_cpus) & set(pinned)
+    every = facts.node(0).cpus
+    crowded = {cpu: "first" for cpu in every[1:-2]}
+    with pytest.raises(PlacementError, match="4 vCPUs on host node 0, which has 2 CPUs after "
+                                             "1 reserved and those pinned by domain.s. first"):
+        place(spec, facts, {}, pinned=crowded)
+
+
+def test_a_share_needs_as_many_numa_nodes(hgx):
+    facts, _ = hgx
+    with pytest.raises(PlacementError, match="3 VMs per host.*2 node.*at most 2 VMs"):
+        place(_spec(gpus=0, hostShare={"index": 0, "count": 3}), facts, {})
+    with pytest.raises(PlacementError, match=r"numaNodes names node\(s\) \[5\]"):
+        place(_spec(gpus=0, numaNodes=[5]), facts, {})
+
+
+@pytest.mark.parametrize("values, words", [
+    ({"numaNodes": [0], "hostShare": {"index": 0, "count": 2}}, "not both"),
+    ({"hostShare": {"index": 2, "count": 2}}, "index 2 is not below count 2"),
+    ({"numaNodes": []}, "at least one"),
+])
+def test_bad_share_inputs(values, words):
+    with pytest.raises(ValidationError, match=words):
+        _spec(**values)
+
+
+def test_cpu_lists_as_libvirt_writes_them():
+    assert cpu_list("0-3,8,^2") == [0, 1, 3, 8]
+    assert cpu_list("5") == [5]
