@@ -174,12 +174,24 @@ vela_vm_disk() {  # BASE FORMAT DISK SIZE: a copy-on-write volume on the base im
   [ -e "$3" ] || qemu-img create -q -f qcow2 -F "$2" -b "$1" "$3" "$4" \
     || vela_fail "cannot create $3 on $1"
 }
-vela_vm_define() {  # NAME XML_BASE64: define, validated by the host's own libvirt schema
-  xml="/run/vela-domain-$1.xml"
+vela_vm_define() {  # NAME XML_BASE64 OTHERS: define, validated by the host's own libvirt
+  # schema, under the host's placement lock and only if the other domains are still those the
+  # placement saw (OTHERS: their names, sorted, each followed by a space). Else exit 75
+  # (EX_TEMPFAIL): GpuVm places again with what the other domain took.
+  xml="$R/run/vela-domain-$1.xml"
   printf '%s' "$2" | base64 -d > "$xml"
+  mkdir -p "$R/run/lock"
+  exec 9> "$R/run/lock/vela-gpu-vm.lock"
+  flock -w 900 9 || { rm -f "$xml"; vela_fail "the placement lock is held for 900 s"; }
+  others=$(vela_v -q list --all --name | grep -v -x -F -e "$1" -e '' | LC_ALL=C sort \
+    | tr '\n' ' ')
+  if [ "$others" != "$3" ]; then
+    rm -f "$xml"; exec 9>&-
+    echo "vela: placement raced: other domains now '$others', placed with '$3'" >&2; exit 75
+  fi
   out=$(vela_v define --validate "$xml" 2>&1) \
-    || { rm -f "$xml"; vela_fail "virsh define $1: $out"; }
-  rm -f "$xml"
+    || { rm -f "$xml"; exec 9>&-; vela_fail "virsh define $1: $out"; }
+  rm -f "$xml"; exec 9>&-
 }
 vela_vm_stop() {  # NAME TIMEOUT: graceful shutdown with a deadline, then power off
   state=$(vela_v domstate "$1" 2>/dev/null | head -n 1)

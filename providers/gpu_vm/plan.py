@@ -37,7 +37,8 @@ def plan(spec: GpuVmArgs, target: DomainTarget, observed: VmObservations, at: Ro
         changes.append(Change(kind="domain", subject=spec.name, detail=detail, calls=[
             shell.call("vela_vm_file", where["seed"], base64.b64encode(target.seed).decode()),
             shell.call("vela_vm_define", spec.name,
-                       base64.b64encode(target.xml.encode()).decode())]))
+                       base64.b64encode(target.xml.encode()).decode(),
+                       other_domains(observed, spec.name))]))
     stopped = False
     if restart and current.running:
         changes.append(Change(kind="domain", subject=spec.name, detail="restart",
@@ -54,6 +55,14 @@ def plan(spec: GpuVmArgs, target: DomainTarget, observed: VmObservations, at: Ro
                               calls=[shell.call("vela_vm_wait_address", spec.name,
                                                 spec.wait_timeout)]))
     return Plan(changes=changes)
+
+
+def other_domains(observed: VmObservations, name: str) -> str:
+    """The other domains placement saw, as `vela_vm_define` compares them under the host's
+    lock: names in byte order (the shell's `LC_ALL=C sort`), each followed by a space."""
+    names = sorted((domain.name for domain in observed.domains if domain.name != name),
+                   key=str.encode)
+    return "".join(f"{name} " for name in names)
 
 
 def plan_removal(spec: GpuVmArgs, observed: VmObservations) -> Plan:

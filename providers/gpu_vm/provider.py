@@ -19,7 +19,7 @@ from pulumi.dynamic import ReadResult
 from ..common.converge import Converger, Outcome, look
 from ..common.dynamic import HostResourceProvider, changed_inputs
 from ..common.plan import Snapshot
-from ..errors import GpuVmError
+from ..errors import CommandFailed, GpuVmError
 from ..host import Host
 from . import guest
 from .observe import Domain, VmObservations, observe_script, parse_observations
@@ -35,6 +35,8 @@ RESTART_ON = {"vcpus", "memoryGib", "wholeNodes", "reservedCpus", "image", "kern
               "firmware", "guest", "domainType", "cpuModel", "hugepages", "network"}
 DRIFT_HINT = (" - libvirt keeps the domain otherwise than vela defined it (the fields above); "
               "check `virsh dumpxml` on the host and the libvirt version")
+PLACEMENT_RACED = 75  # vela_vm_define: another domain was defined since placement saw the host
+PLACEMENT_ATTEMPTS = 5
 OUTPUT_KEYS = ["uuid", "state", "addresses", "domainXml", "ncclTopology", "ncclEnvironment",
                "placement", "changes", "inSync", "drift"]
 
@@ -96,11 +98,21 @@ def converger(host: Host, spec: GpuVmArgs, plan_for) -> Converger[VmObservations
 
 def converge_desired(host: Host, spec: GpuVmArgs, props: dict, *,
                      restart: bool = False) -> dict:
-    """Create and update: place, render, define, start, wait for the address; the outputs."""
-    now = observe(host, spec)
-    target = desired_domain(host.name, spec, now.facts, now.observed)
-    done = converger(host, spec, lambda snapshot, at: plan(
-        spec, target, snapshot.observed, at, restart=restart)).converge(now)
+    """Create and update: place, render, define, start, wait for the address; the outputs.
+
+    Placement is serialized per host by `vela_vm_define`: under the host's lock it defines
+    only if the other domains are those placement saw, else exits 75 and this places again
+    (another VM created at the same moment took its devices and CPUs first)."""
+    for attempt in range(1, PLACEMENT_ATTEMPTS + 1):
+        now = observe(host, spec)
+        target = desired_domain(host.name, spec, now.facts, now.observed)
+        try:
+            done = converger(host, spec, lambda snapshot, at, target=target: plan(
+                spec, target, snapshot.observed, at, restart=restart)).converge(now)
+            break
+        except CommandFailed as exc:
+            if exc.exit_code != PLACEMENT_RACED or attempt == PLACEMENT_ATTEMPTS:
+                raise
     defined = done.snapshot.observed.domain(spec.name)
     if defined is None:
         raise GpuVmError(f"{host.name}: domain {spec.name} is not defined after apply")

@@ -198,3 +198,60 @@ def test_bad_share_inputs(values, words):
 def test_cpu_lists_as_libvirt_writes_them():
     assert cpu_list("0-3,8,^2") == [0, 1, 3, 8]
     assert cpu_list("5") == [5]
+
+
+# -- placement serialized per host -----------------------------------------------------------
+
+# A virsh stand-in for the two calls `vela_vm_define` makes, with the real one's semantics
+# (virsh(1): `list --all --name` prints each defined domain's name on a line, then an empty
+# line; `define` adds a domain, or fails when one of that name with another UUID exists).
+# The listing takes a moment, as a real libvirtd round trip does, so two unserialized
+# placements both see the host before either defines.
+VIRSH_STANDIN = r'''#!/bin/sh
+state="$VIRSH_STATE"
+while [ "$1" = -c ] || [ "$1" = -q ]; do [ "$1" = -c ] && shift; shift; done
+case $1 in
+  list) sleep 0.3; ls "$state"; echo ;;
+  define)
+    [ "$2" = --validate ] && shift
+    name=$(sed -n 's:.*<name>\(.*\)</name>.*:\1:p' "$2")
+    [ -e "$state/$name" ] && { echo "error: domain '$name' already exists" >&2; exit 1; }
+    : > "$state/$name"; echo "Domain '$name' defined from $2" ;;
+  *) echo "error: unknown command '$1'" >&2; exit 1 ;;
+esac
+'''
+
+
+def test_two_placements_at_once_define_one_after_the_other(tmp_path):
+    """Both VMs were placed against a host with no domain; under the host's lock the first
+    defines, the second finds a domain it did not see and exits 75 (GpuVm places again)."""
+    import base64
+    import subprocess
+
+    from providers.common import shell
+
+    bin_dir, state, root = tmp_path / "bin", tmp_path / "domains", tmp_path / "root"
+    for directory in (bin_dir, state, root / "run"):
+        directory.mkdir(parents=True)
+    (bin_dir / "virsh").write_text(VIRSH_STANDIN)
+    (bin_dir / "virsh").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "VIRSH_STATE": str(state)}
+
+    def define(name: str):
+        xml = base64.b64encode(f"<domain><name>{name}</name></domain>".encode()).decode()
+        text = shell.script([shell.call("vela_vm_define", name, xml, "")], sysroot=str(root))
+        return subprocess.Popen(["sh", "-c", text], env=env, stderr=subprocess.PIPE, text=True)
+
+    running = [define("vm0"), define("vm1")]
+    results = sorted((process.wait(), process.stderr.read()) for process in running)
+    assert [code for code, _ in results] == [0, 75]
+    assert "placement raced: other domains now 'vm" in results[1][1]
+    assert len(list(state.iterdir())) == 1
+    # Placed again with the new domain seen, it defines.
+    first = next(state.iterdir()).name
+    second = "vm1" if first == "vm0" else "vm0"
+    xml = base64.b64encode(f"<domain><name>{second}</name></domain>".encode()).decode()
+    again = subprocess.run(["sh", "-c", shell.script(
+        [shell.call("vela_vm_define", second, xml, f"{first} ")], sysroot=str(root))],
+        env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
