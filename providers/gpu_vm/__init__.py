@@ -27,6 +27,7 @@ class GpuVm(HostResource, module="vela", name="GpuVm"):
     domainXml: pulumi.Output[str]  # noqa: N815
     ncclTopology: pulumi.Output[str]  # noqa: N815
     ncclEnvironment: pulumi.Output[dict]  # noqa: N815
+    nvlink: pulumi.Output[bool]  # None: the host has no NVSwitches
     placement: pulumi.Output[dict]
     changes: pulumi.Output[list]
     inSync: pulumi.Output[bool]  # noqa: N815

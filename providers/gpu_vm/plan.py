@@ -34,6 +34,7 @@ def plan(spec: GpuVmArgs, target: DomainTarget, observed: VmObservations, at: Ro
     if current is None or differs or restart:
         detail = "define" if current is None else "redefine" + (
             f" ({'; '.join(differs)})" if differs else "")
+        detail += "".join(f"; {note}" for note in target.notes)
         changes.append(Change(kind="domain", subject=spec.name, detail=detail, calls=[
             shell.call("vela_vm_file", where["seed"], base64.b64encode(target.seed).decode()),
             shell.call("vela_vm_define", spec.name,

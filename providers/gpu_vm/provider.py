@@ -23,6 +23,7 @@ from ..errors import CommandFailed, GpuVmError
 from ..host import Host
 from . import guest
 from .observe import Domain, VmObservations, observe_script, parse_observations
+from .placement import gpu_nic_pairs
 from .plan import drift, plan, plan_removal, removal_finish
 from .spec import GpuVmArgs
 from .target import DomainTarget, desired_domain
@@ -38,7 +39,7 @@ DRIFT_HINT = (" - libvirt keeps the domain otherwise than vela defined it (the f
 PLACEMENT_RACED = 75  # vela_vm_define: another domain was defined since placement saw the host
 PLACEMENT_ATTEMPTS = 5
 OUTPUT_KEYS = ["uuid", "state", "addresses", "domainXml", "ncclTopology", "ncclEnvironment",
-               "placement", "changes", "inSync", "drift"]
+               "nvlink", "placement", "changes", "inSync", "drift"]
 
 
 def classify(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]]:
@@ -142,12 +143,15 @@ def outputs(spec: GpuVmArgs, props: dict, target: DomainTarget, defined: Domain,
         "domainXml": target.xml,
         "ncclTopology": target.topology,
         "ncclEnvironment": dict(guest.NCCL_ENV),
+        "nvlink": layout.nvlink,
         "placement": {
             "cells": [{"id": c.id, "hostNode": c.host_node, "hostCpus": c.host_cpus,
                        "memoryKib": c.memory_kib} for c in layout.cells],
             "devices": [{"hostAddress": d.host_address, "guestAddress": d.guest_address,
                          "kind": d.kind, "hostNode": d.host_node, "hostSwitch": d.host_switch,
-                         "pairedWith": d.paired_with, "mac": d.mac} for d in layout.devices],
+                         "pairedWith": d.paired_with, "gpudirect": d.gpudirect, "mac": d.mac}
+                      for d in layout.devices],
+            "gpuNicPairs": gpu_nic_pairs(layout),
             "physBits": layout.phys_bits},
         "changes": made,
         "inSync": True,

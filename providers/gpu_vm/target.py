@@ -14,7 +14,7 @@ from ..errors import GpuVmError
 from ..facts.models import HostFacts
 from . import guest
 from .observe import Domain, VmObservations, held_devices, paths, taken_devices
-from .placement import GIB_KIB, Layout, PlacementError, place
+from .placement import GIB_KIB, Layout, PlacementError, gpu_nic_pairs, place
 from .preflight import preflight
 from .spec import GpuVmArgs
 from .xml.domain import domain as domain_xml
@@ -29,6 +29,21 @@ class DomainTarget:
     xml: str
     seed: bytes  # the first-boot seed image (cloud-init NoCloud), guest tuning inside
     topology: str  # NCCL's topology file for the guest
+    notes: tuple[str, ...] = ()  # the host's fast paths the guest gets, for the plan
+
+
+def locality_notes(layout: Layout) -> list[str]:
+    """NVLink and GPUDirect locality in words: a guest that lacks them trains slower."""
+    notes = []
+    if layout.nvlink is not None:
+        gpus = sum(device.kind == "gpu" for device in layout.devices)
+        notes.append("NVLink: yes, every GPU and NVSwitch" if layout.nvlink else
+                     f"NVLink: no, {gpus} GPU(s) of an NVSwitch node")
+    pairs = gpu_nic_pairs(layout)
+    if pairs and any(device.kind == "vf" for device in layout.devices):
+        local = sum(pair["gpudirect"] for pair in pairs)
+        notes.append(f"GPUDirect: {local} of {len(pairs)} GPU(s) share a PCIe switch with a NIC")
+    return notes
 
 
 def desired_domain(host_name: str, spec: GpuVmArgs, facts: HostFacts,
@@ -47,7 +62,8 @@ def desired_domain(host_name: str, spec: GpuVmArgs, facts: HostFacts,
     ids = {device.host_address: f"0x{facts.pci[device.host_address].vendor_id:04x}:"
            f"0x{facts.pci[device.host_address].device_id:04x}" for device in layout.devices}
     seed = guest.seed_image(spec, guest.tuning_script(spec, layout, ids, topology))
-    return DomainTarget(layout=layout, xml=render(element), seed=seed, topology=topology)
+    return DomainTarget(layout=layout, xml=render(element), seed=seed, topology=topology,
+                        notes=tuple(locality_notes(layout)))
 
 
 def _place(host_name: str, spec: GpuVmArgs, facts: HostFacts, observed: VmObservations,

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from providers.facts import gather_facts
 from providers.gpu_vm.placement import PlacementError, gpu_nic_pairs, place
 from providers.gpu_vm.spec import GpuVmArgs
-from providers.gpu_vm.target import cpu_list
+from providers.gpu_vm.target import cpu_list, locality_notes
 from providers.host import LocalHost
 from tests.support.hgx import hgx_a100
 from tests.support.layouts import dgx_a100, ibm_hgx_a100
@@ -69,6 +69,9 @@ def test_a_guest_with_some_gpus_of_an_nvswitch_node_is_refused_unless_allowed(hg
     partial = place(_spec(gpus=4, allowNoNvlink=True), facts, {})
     assert partial.nvlink is False
     assert not [d for d in partial.devices if d.kind == "nvswitch"]
+    assert locality_notes(partial) == ["NVLink: no, 4 GPU(s) of an NVSwitch node"]
+    whole = place(_spec(gpus=8), facts, {})
+    assert locality_notes(whole)[0] == "NVLink: yes, every GPU and NVSwitch"
 
 
 def test_nvswitches_held_elsewhere_stop_a_whole_node_guest(hgx):
@@ -104,6 +107,7 @@ def test_ibm_sample_nics_pair_only_under_their_own_switch(ibm):
                                           "through the CPU (same NUMA node)")
             nic = facts.device(pairs[gpu]["nic"])
             assert nic.numa_node == facts.device(gpu).numa_node
+    assert locality_notes(placed) == ["GPUDirect: 4 of 8 GPU(s) share a PCIe switch with a NIC"]
 
 
 def test_a_vf_without_a_gpu_of_its_switch_gets_its_own_root_port(ibm):
