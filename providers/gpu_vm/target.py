@@ -15,7 +15,7 @@ from ..facts.models import HostFacts
 from . import guest
 from .observe import Domain, VmObservations, held_devices, paths, taken_devices
 from .placement import GIB_KIB, Layout, PlacementError, gpu_nic_pairs, place
-from .preflight import preflight
+from .preflight import phys_bits_mode, preflight
 from .spec import GpuVmArgs
 from .xml.domain import domain as domain_xml
 from .xml.domain import render
@@ -87,9 +87,9 @@ def _place(host_name: str, spec: GpuVmArgs, facts: HostFacts, observed: VmObserv
 
 def domain_spec(spec: GpuVmArgs, observed: VmObservations, current: Domain | None) -> DomainSpec:
     where = paths(spec)
-    version = observed.libvirt_version or (0,)
-    # libvirt 9.3 added <maxphysaddr mode='passthrough' limit=...>; before it, emulate.
-    mode = "passthrough" if spec.domain_type == "kvm" and version >= (9, 3) else "emulate"
+    # By the host's libvirt: passthrough with limit= (9.3+), emulate, or none before 8.7, when
+    # preflight's address_bits found QEMU's default enough.
+    mode = phys_bits_mode(spec.domain_type, spec.cpu_model, observed.libvirt_version)
     boot = spec.kernel_boot
     return DomainSpec(
         name=spec.name, uuid=current.uuid if current else str(uuid.uuid5(

@@ -137,10 +137,12 @@ class FakeHost:
                                 "3f1c2b9e-5a8d-4e61-9c0e-2b7f4a6d8e10 ro quiet",
                  default_hugepage_kib: int = 2048, grub_defaults: str | None = None,
                  cpu_flags: str | None = None, kvm: bool = True, lockdown: str | None = "none",
-                 processes: tuple[str, ...] = ()) -> None:
+                 processes: tuple[str, ...] = (), phys_bits: int | None = None) -> None:
         """`cpu_flags`: the flags line of /proc/cpuinfo (None: a bare-metal CPU's, with vmx or
-        svm); `kvm`: /dev/kvm exists; `lockdown`: the kernel lockdown level (None: no
-        securityfs file); `processes`: names of running processes (/proc/PID/comm)."""
+        svm); `phys_bits`: the physical half of its "address sizes" line (None: no such line,
+        which gathering reads as unknown); `kvm`: /dev/kvm exists; `lockdown`: the kernel
+        lockdown level (None: no securityfs file); `processes`: names of running processes
+        (/proc/PID/comm)."""
         if cpu_vendor not in {"GenuineIntel", "AuthenticAMD"}:
             raise ImpossibleHardware(f"unknown CPU vendor {cpu_vendor!r}")
         expected_table = "DMAR" if cpu_vendor == "GenuineIntel" else "IVRS"
@@ -163,6 +165,7 @@ class FakeHost:
         self.cpu_flags = cpu_flags if cpu_flags is not None else \
             f"fpu vme de pse tsc msr pae mce cx8 apic sep pge cmov pat clflush sse sse2 ht " \
             f"syscall nx pdpe1gb lm {virtualization} x2apic popcnt aes avx"
+        self.phys_bits = phys_bits
         self.kvm = kvm
         self.lockdown = lockdown
         self.processes = tuple(processes)
@@ -402,9 +405,13 @@ class _HostWriter:
     def _procfs(self) -> None:
         host = self.host
         cpus = sorted(cpu for node in host.nodes.values() for cpu in node.cpus)
+        # Every processor's block has the line, after its flags, as arch/x86/kernel/cpu/proc.c
+        # show_cpuinfo prints it: "address sizes\t: %u bits physical, %u bits virtual".
+        sizes = (f"address sizes\t: {host.phys_bits} bits physical, 48 bits virtual\n"
+                 if host.phys_bits is not None else "")
         self._file("proc/cpuinfo", "".join(
-            f"processor\t: {cpu}\nvendor_id\t: {host.cpu_vendor}\nflags\t\t: {host.cpu_flags}\n\n"
-            for cpu in cpus))
+            f"processor\t: {cpu}\nvendor_id\t: {host.cpu_vendor}\nflags\t\t: {host.cpu_flags}\n"
+            f"{sizes}\n" for cpu in cpus))
         self._file("proc/cmdline", host.cmdline + "\n")
         self._file("proc/sys/kernel/hostname", host.hostname + "\n")
         self._file("proc/sys/kernel/osrelease", host.kernel + "\n")
