@@ -95,14 +95,16 @@ class VelaCluster(pulumi.ComponentResource):
                            self._opts(provider, depends_on=[host]))
                  for port in shape.nic_ports]
         vms = {}
+        # Every VM is offered every VF of the node; with several VMs each takes its part of
+        # the host (hostShare: a socket each on a 2-socket node) and the VFs on it.
+        vfs = pulumi.Output.all(*[pool.vfs for pool in pools]).apply(
+            lambda lists: [vf for vfs in lists for vf in (vfs or [])])
         for index in range(shape.vms_per_node):
             vm_name = f"{node.name}-vm{index}"
-            share = shape.vfs_per_port // shape.vms_per_node
-            vfs = pulumi.Output.all(*[pool.vfs for pool in pools]).apply(
-                lambda lists, i=index, k=share: [vf for vfs in lists
-                                                 for vf in (vfs or [])[i * k:(i + 1) * k]])
+            share = {"hostShare": {"index": index, "count": shape.vms_per_node}} \
+                if shape.vms_per_node > 1 else {}
             vms[vm_name] = GpuVm(vm_name, {**connection, **vm_inputs(args, shape, vm_name),
-                                           "vfs": vfs},
+                                           **share, "vfs": vfs},
                                  self._opts(provider, depends_on=[host, *pools],
                                             delete_before_replace=True))
         return NodeResources(host, pools, vms)

@@ -120,8 +120,13 @@ def declare(args: ClusterArgs, provider_config: dict[str, Any]) -> VelaCluster:
             lambda lists: dict(zip(vm_names, [list(a or []) for a in lists], strict=True)))
         pulumi.export("vmAddresses", addresses)
         pulumi.export("hostfile", addresses.apply(lambda by_vm: hostfile(by_vm, args)))
-        if cluster.vms:
-            pulumi.export("ncclEnvironment", next(iter(cluster.vms.values())).ncclEnvironment)
+        # One NCCL environment per VM: NIC names and topology file differ from VM to VM.
+        environments = pulumi.Output.all(*[vm.ncclEnvironment for vm in cluster.vms.values()])
+        pulumi.export("ncclEnvironment", environments.apply(
+            lambda found: dict(zip(vm_names, found, strict=True))))
+        nvlink = pulumi.Output.all(*[vm.nvlink for vm in cluster.vms.values()])
+        pulumi.export("nvlink", nvlink.apply(lambda found: dict(zip(vm_names, found,
+                                                                    strict=True))))
         pulumi.export("summary", summary(args))
     return cluster
 

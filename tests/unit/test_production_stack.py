@@ -131,7 +131,9 @@ def test_sriov_pools_and_the_vm_plan_against_hgx_facts(run, hgx, hgx_with_vfs):
                                     disk="/var/lib/libvirt/images/vela/hgx-01-vm0.qcow2"),
                          layout_vm)
     validate(element)
-    assert render(element).count("<hostdev ") == 12
+    # 8 GPUs, 4 VFs and the baseboard's 6 NVSwitches (a whole-node guest has NVLink).
+    assert layout_vm.nvlink is True
+    assert render(element).count("<hostdev ") == 8 + 4 + len(layout.nvswitches) == 18
 
 
 def _inputs(registration) -> dict:

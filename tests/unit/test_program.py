@@ -75,6 +75,9 @@ def test_per_node_overrides_and_vf_shares():
     assert by_name["node-0-ens9"].inputs["numVfs"] == 2
     assert {"node-1-vm0", "node-1-vm1"} <= set(by_name)
     assert by_name["node-1-vm1"].inputs["gpus"] == 4
+    # Two VMs split their node by NUMA node; one VM has the whole node.
+    assert by_name["node-1-vm1"].inputs["hostShare"] == {"index": 1, "count": 2}
+    assert "hostShare" not in by_name["node-0-vm0"].inputs
     summary = run.namespace["cluster"].args
     assert [summary.shape_of(n).vms_per_node for n in summary.nodes] == [1, 2]
 
@@ -126,8 +129,6 @@ def test_exports():
     ({"vela:nodes": [{"name": "a", "address": "10.0.0.1", "hostKey": HOST_KEY}] * 2},
      r"repeated: \['a'\]"),
     ({"vela:nodes": {"name": "a"}}, r"must be a list"),
-    ({"vela:shape": {"vmsPerNode": 2, "nicPorts": ["ens1"], "vfsPerPort": 3,
-                     "wholeNodes": True}}, r"vfsPerPort \(3\) must be a multiple of vmsPerNode"),
     ({"vela:shape": {"vmsPerNode": 1}}, r"give vcpus and memoryGib for each VM, or wholeNodes"),
     ({"vela:shape": {"nicPorts": ["bad;port"], "wholeNodes": True}}, r"NIC port 'bad;port'"),
     ({"vela:nodeOverrides": {"ghost": {"vmsPerNode": 0}}}, r"nodes not in the inventory"),
