@@ -12,6 +12,7 @@ switch share their PF's IOMMU group and could not be passed through alone.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 
@@ -99,10 +100,17 @@ def test_nested_guest_with_gpu_and_vf(lab, tmp_path):
         assert "VELA-GUEST-SYSCTL tcp_timestamps=0 rmem_max=4194304" in console
         # The VF's interface got the recipe's MTU and queue length (the PF is up: SriovPool
         # brings it up, else the VF's mailbox requests go unanswered); the PF holds its MAC.
-        vf_net = re.search(r"vela-guest-tuning: (\S+): txqueuelen 10000", console)
-        assert vf_net, console[-3000:]
-        assert f"{vf_net.group(1)}: mtu 9000" in console
-        assert f"VELA-GUEST-NET {vf_net.group(1)} mtu=9000 txqueuelen=10000" in console
+        # The VF's interface is named as the topology file and the NCCL environment name it.
+        assert f"VELA-GUEST-NETDEV {placement['vf']['guestAddress']} vela0" in console, \
+            console[-3000:]
+        assert "vela-guest-tuning: vela0: txqueuelen 10000" in console
+        assert "vela-guest-tuning: vela0: mtu 9000" in console
+        assert "VELA-GUEST-NET vela0 mtu=9000 txqueuelen=10000" in console
+        assert '<net name="vela0"' in outs["ncclTopology"]
+        # The topology file is where NCCL reads it by default, as the outputs give it.
+        topology = outs["ncclTopology"].encode()
+        assert f"VELA-GUEST-TOPOLOGY bytes={len(topology)} " \
+            f"sha256={hashlib.sha256(topology).hexdigest()}" in console
         pf_netdev = host.run(["ls", f"/sys/bus/pci/devices/{ISOLATED_PF}/net"]).text.strip()
         pf_link = host.run(["ip", "-j", "-d", "link", "show", "dev", pf_netdev]).text
         assert vf["mac"] in pf_link
