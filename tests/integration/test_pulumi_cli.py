@@ -4,9 +4,11 @@ their order), what it keeps in state, and what it refuses. Never skipped: withou
 tests fail and say to run scripts/setup.
 
 The lab test runs the dev stack's config with 2 nodes (preview, up, up again), scaled to 3
-(preview, then up), to 1, a VF count change that replaces the remaining node's pool while its
-guest exists, refresh, destroy. At each step the hosts are checked for what exists (the tuned
-command line and boot unit, the VF pool, the defined guest), a host outside the cluster or
+(preview, then up), to 1, a VF count change that replaces the remaining node's pools while their
+guests exist, refresh, destroy. Each node runs two VMs, one per socket (its GPU stand-in, a VF of
+its socket's NIC, its socket's CPU), created in the same `up`. At each step the hosts are
+checked for what exists (the tuned command line and boot unit, the two VF pools, the defined
+guests with their devices and vCPU pins), a host outside the cluster or
 removed from it is exactly as it was before, and the state on disk holds no line of the SSH key.
 The third host boots when the cluster grows to it. Three TCG hosts share CI's 2 cores, so the
 guests are defined but not started (`start: false`) and use no huge pages: booting nested
@@ -105,21 +107,26 @@ def test_a_host_error_reaches_the_user_as_its_message(stack, tmp_path):
 
 
 # -- the dev stack on the lab ------------------------------------------------------------------
-PF = "0000:45:00.0"  # the igb on its own root port: the dev stack's NIC port
-POOL = "pci-0000-45-00-0"
+# The dev stack's NIC ports: an igb on its own root port per NUMA node, and the VM of that node.
+PORTS = {"0000:45:00.0": "vm0", "0000:85:00.0": "vm1"}
+POOLS = ["pci-0000-45-00-0", "pci-0000-85-00-0"]
 DEPLOYED = r'''
 set -u
 echo "cmdline $(cat /proc/cmdline)"
 echo "unit $(systemctl is-enabled vela-host-tuning.service 2>/dev/null || :)"
-echo "numvfs $(cat /sys/bus/pci/devices/0000:45:00.0/sriov_numvfs)"
-for vf in /sys/bus/pci/devices/0000:45:00.0/virtfn*; do
-  driver=$(readlink "$vf/driver"); echo "vf $(readlink "$vf" | xargs basename) ${driver##*/}"
+for pf in 0000:45:00.0 0000:85:00.0; do
+  echo "numvfs $pf $(cat /sys/bus/pci/devices/$pf/sriov_numvfs)"
+  for vf in /sys/bus/pci/devices/$pf/virtfn*; do
+    driver=$(readlink "$vf/driver")
+    echo "vf $pf $(readlink "$vf" | xargs basename) ${driver##*/}"
+  done
 done
 echo "domains $(virsh -q list --all --name | xargs)"
 for name in $(virsh -q list --all --name); do
   echo "state $name $(virsh domstate "$name")"
   virsh dumpxml "$name" | sed -n '/<source>/,/<\/source>/p' \
     | grep -o "bus=.*function='0x[0-9a-f]'" | sed "s/^/hostdev $name /"
+  virsh dumpxml "$name" | grep -o "<vcpupin [^>]*>" | sed "s/^/pin $name /"
 done
 echo "boot $(cat /proc/sys/kernel/random/boot_id)"
 '''
@@ -158,8 +165,9 @@ def dev_stack_config(lab, nodes: int, vfs: int = 1) -> dict[str, str]:
 
 
 def resources(node: str) -> list[str]:
-    """The node's resources in dependency order."""
-    return [f"{node}-host", f"{node}-{POOL}", f"{node}-vm0"]
+    """The node's resources in dependency order: tuning, pools, VMs."""
+    return [f"{node}-host", *(f"{node}-{pool}" for pool in POOLS),
+            *(f"{node}-{vm}" for vm in PORTS.values())]
 
 
 def deployed(host) -> dict[str, list[str]]:
@@ -171,21 +179,26 @@ def deployed(host) -> dict[str, list[str]]:
 
 
 def assert_deployed(host, node: str, vfs: int = 1) -> str:
-    """The node as the dev stack wants it; returns its boot id."""
+    """The node as the dev stack wants it: a VM per socket, each with the VFs of its socket's
+    NIC and its own CPU; returns the host's boot id."""
     facts = deployed(host)
     cmdline = facts["cmdline"][0].split()
     assert {"intel_iommu=on", "iommu=pt", "vfio-pci.ids=1af4:1110"} <= set(cmdline), cmdline
     assert facts["unit"] == ["enabled"]
-    assert facts["numvfs"] == [str(vfs)]
-    assert len(facts["vf"]) == vfs
-    assert facts["domains"] == [f"{node}-vm0"]
-    assert facts["state"] == [f"{node}-vm0 shut off"]
+    vms = [f"{node}-{vm}" for vm in PORTS.values()]
+    assert facts["domains"] == [" ".join(vms)]
+    assert facts["state"] == [f"{vm} shut off" for vm in vms]
+    assert sorted(facts["numvfs"]) == [f"{pf} {vfs}" for pf in PORTS]
+    assert len(facts["vf"]) == vfs * len(PORTS)
     for line in facts["vf"]:
-        vf, driver = line.split()
+        pf, vf, driver = line.split()
         assert driver == "vfio-pci"
         bus, slot, function = vf.split(":")[1], *vf.split(":")[2].split(".")
-        assert f"{node}-vm0 bus='0x{bus}' slot='0x{slot}' function='0x{function}'" in \
+        assert f"{node}-{PORTS[pf]} bus='0x{bus}' slot='0x{slot}' function='0x{function}'" in \
             facts["hostdev"], facts["hostdev"]
+    # One vCPU each, on its own socket's CPU (the lab host has one per NUMA node).
+    assert facts["pin"] == [f"{vm} <vcpupin vcpu='0' cpuset='{cpu}'/>"
+                            for cpu, vm in enumerate(vms)], facts["pin"]
     return facts["boot"][0]
 
 
@@ -214,7 +227,9 @@ def test_the_dev_stack_on_the_lab(lab, tmp_path):
     assert result.before((f"{names[0]}-vm0", "create"), (f"{names[1]}-host", "create"))
     boots = [assert_deployed(hosts[i], names[i]) for i in range(2)]
     assert result.outputs["summary"]["nodes"] == 2
-    assert sorted(result.outputs["vmAddresses"]) == [f"{n}-vm0" for n in names[:2]]
+    vms = [f"{n}-{vm}" for n in names[:2] for vm in PORTS.values()]
+    assert sorted(result.outputs["vmAddresses"]) == vms
+    assert sorted(result.outputs["ncclEnvironment"]) == vms  # one environment per VM
     assert_secret_free(stack, key)
 
     again = stack.up()
@@ -241,9 +256,11 @@ def test_the_dev_stack_on_the_lab(lab, tmp_path):
     assert result.ops(changed_only=True) == {name: "delete" for n in names[1:]
                                              for name in resources(n)}
     for node in names[1:]:
-        vm, pool, tuning = (name for name in reversed(resources(node)))
-        assert result.before((vm, "delete"), (pool, "delete"))
-        assert result.before((pool, "delete"), (tuning, "delete"))
+        tuning, *pools_and_vms = resources(node)
+        pools, vms = pools_and_vms[:len(POOLS)], pools_and_vms[len(POOLS):]
+        for pool in pools:
+            assert all(result.before((vm, "delete"), (pool, "delete")) for vm in vms)
+            assert result.before((pool, "delete"), (tuning, "delete"))
     assert host_snapshot(hosts[1]) == pristine[1]
     assert host_snapshot(hosts[2]) == pristine[2]
     assert assert_deployed(hosts[0], names[0]) == boots[0]
@@ -254,13 +271,16 @@ def test_the_dev_stack_on_the_lab(lab, tmp_path):
     # its guest holds a VF, so the engine replaces the guest around it (delete-before-replace
     # replaces dependents first), and the host is untouched -------------------------------
     stack.configure(dev_stack_config(lab, 1, vfs=2), secret_keys=("vela:sshPrivateKey",))
-    tuning, pool, vm = resources(names[0])
+    tuning, *replaced = resources(names[0])
+    pools, vms = replaced[:len(POOLS)], replaced[len(POOLS):]
     preview = stack.preview()
-    assert preview.ops(changed_only=True) == {pool: "replace", vm: "replace"}
+    assert preview.ops(changed_only=True) == {name: "replace" for name in replaced}
     result = stack.up()
-    assert result.ops(changed_only=True) == {pool: "replace", vm: "replace"}
-    assert result.before((vm, "delete-replaced"), (pool, "delete-replaced"))
-    assert result.before((pool, "create-replacement"), (vm, "create-replacement"))
+    assert result.ops(changed_only=True) == {name: "replace" for name in replaced}
+    for pool in pools:
+        for vm in vms:
+            assert result.before((vm, "delete-replaced"), (pool, "delete-replaced"))
+            assert result.before((pool, "create-replacement"), (vm, "create-replacement"))
     assert assert_deployed(hosts[0], names[0], vfs=2) == boots[0]
     assert_secret_free(stack, key)
 

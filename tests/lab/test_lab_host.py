@@ -121,7 +121,8 @@ def test_main_job_starts_the_lab_it_targets(lab, tmp_path):
     assert result.returncode == 1, result.stdout + result.stderr
     assert "not a terminal, so nothing was changed; pass --yes" in result.stderr
     assert "lab-0" in result.stdout  # the lab reported its host, kept running
-    for name in ["lab-0-host", "lab-0-pci-0000-45-00-0", "lab-0-vm0"]:
+    for name in ["lab-0-host", "lab-0-pci-0000-45-00-0", "lab-0-pci-0000-85-00-0", "lab-0-vm0",
+                 "lab-0-vm1"]:
         assert re.search(rf"\+ .*{name}\s+create", result.stdout), result.stdout
     assert "vela:sshPrivateKey:\n    secure: " in (project / "Pulumi.dev.yaml").read_text()
     assert lab.key_path.read_text().splitlines()[1] not in (project / "Pulumi.dev.yaml").read_text()
