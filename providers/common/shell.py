@@ -193,6 +193,13 @@ vela_vm_define() {  # NAME XML_BASE64 OTHERS: define, validated by the host's ow
     || { rm -f "$xml"; exec 9>&-; vela_fail "virsh define $1: $out"; }
   rm -f "$xml"; exec 9>&-
 }
+vela_vm_validate() {  # NAME XML_BASE64: the domain against this host's libvirt schema,
+  # before anything is written. virt-xml-validate (libvirt-clients, tools/virt-xml-validate.in)
+  # runs xmllint --relaxng on /usr/share/libvirt/schemas/domain.rng, from stdin with "-".
+  out=$(printf '%s' "$2" | base64 -d | virt-xml-validate - domain 2>&1) \
+    || vela_fail "domain $1 does not validate against this host's libvirt schema, so nothing" \
+                 "was changed (virt-xml-validate): $out"
+}
 vela_vm_stop() {  # NAME TIMEOUT: graceful shutdown with a deadline, then power off
   state=$(vela_v domstate "$1" 2>/dev/null | head -n 1)
   [ "$state" = "shut off" ] && return 0

@@ -25,6 +25,13 @@ if [ -z "$R" ] && command -v virsh > /dev/null 2>&1; then
   V="virsh -c qemu:///system"
   emit libvirt - version \
     "$($V version --daemon 2>/dev/null | sed -n 's/^Running against daemon: *//p')"
+  # virt-xml-validate (libvirt-clients) runs xmllint, which only libvirt-daemon recommends
+  # (libxml2-utils): both are needed to check a domain against this host's schema.
+  if command -v virt-xml-validate > /dev/null 2>&1 && command -v xmllint > /dev/null 2>&1; then
+    emit libvirt - validator yes
+  else
+    emit libvirt - validator no
+  fi
   for uuid in $($V -q list --all --uuid 2>/dev/null); do
     emit domain "$uuid" xml "$($V dumpxml "$uuid" | base64 -w0)"
     emit domain "$uuid" state "$($V domstate "$uuid" 2>/dev/null | head -n 1)"
@@ -87,6 +94,7 @@ class Domain:
 @dataclass
 class VmObservations:
     libvirt_version: tuple[int, ...] | None = None
+    validator: bool | None = None  # the host can run virt-xml-validate (None: not observed)
     domains: list[Domain] = field(default_factory=list)
     addresses: list[str] = field(default_factory=list)
     network_active: bool | None = None
@@ -127,6 +135,8 @@ def parse_observations(text: str) -> VmObservations:
     for kind, subject, name, value in records(text):
         if kind == "libvirt" and name == "version" and value:
             observed.libvirt_version = tuple(int(part) for part in re.findall(r"\d+", value)[:3])
+        elif kind == "libvirt" and name == "validator":
+            observed.validator = value == "yes"
         elif kind == "domain" and name == "xml":
             domains.setdefault(subject, Domain(subject, "")).xml = decoded(value)
         elif kind == "domain" and name == "state":
@@ -184,4 +194,9 @@ def owned_fields(xml: str) -> dict:
         "kernel": (root.findtext("os/kernel"), root.findtext("os/initrd"),
                    root.findtext("os/cmdline")),
         "disks": sorted(source.get("file") for source in root.iterfind("devices/disk/source")),
+        # libvirt keeps both as written (domain_conf's formatter, as `virsh dumpxml` shows).
+        "clock": (root.find("clock").get("offset") if root.find("clock") is not None else None,
+                  sorted((timer.get("name"), timer.get("tickpolicy"), timer.get("present"))
+                         for timer in root.iterfind("clock/timer"))),
+        "pm": sorted((state.tag, state.get("enabled")) for state in root.iterfind("pm/*")),
     }

@@ -24,14 +24,23 @@ def plan(spec: GpuVmArgs, target: DomainTarget, observed: VmObservations, at: Ro
     current = observed.domain(spec.name)
     restart = restart and at.number == 0 and current is not None
     changes: list[Change] = []
+    differs = drift(target.xml, current.xml) if current is not None else []
+    defining = current is None or bool(differs) or restart
+    if defining and observed.validator:
+        # First, before the volume and the seed: the XML against the schema of the libvirt
+        # that will define it. (Without virt-xml-validate there, desired_domain validated here
+        # with the same release's schema, or refused.)
+        changes.append(Change(kind="domain", subject=spec.name,
+                              detail="validate against the host's libvirt schema",
+                              calls=[shell.call("vela_vm_validate", spec.name,
+                                                base64.b64encode(target.xml.encode()).decode())]))
     if spec.image and where["disk"] not in observed.present:
         changes.append(Change(kind="volume", subject=where["disk"], detail="create",
                               calls=[shell.call("vela_vm_disk", spec.image.path,
                                                 observed.image_format or "qcow2",
                                                 where["disk"], f"{spec.image.size_gib}G")]))
-    differs = drift(target.xml, current.xml) if current is not None else []
     # A restart-class change rewrites the seed too: the guest configuration lives there.
-    if current is None or differs or restart:
+    if defining:
         detail = "define" if current is None else "redefine" + (
             f" ({'; '.join(differs)})" if differs else "")
         detail += "".join(f"; {note}" for note in target.notes)

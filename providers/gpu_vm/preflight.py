@@ -94,8 +94,8 @@ def address_bits(spec: GpuVmArgs, facts: HostFacts, observed: VmObservations,
       qemuValidateDomainDefCpu), whatever the domain type.
     - libvirt older than 8.7 (no <maxphysaddr>): QEMU's default. A host-passthrough CPU under
       KVM has the host's bits (QEMU sets host-phys-bits for -cpu host: target/i386/host-cpu.c
-      host_cpu_max_instance_init, QEMU commit 5a140b255d), so it is a supported fallback; a named model
-      (and every TCG CPU) keeps 40 (QEMU_DEFAULT_PHYS_BITS)."""
+      host_cpu_max_instance_init, QEMU commit 5a140b255d), so it is a supported fallback; a
+      named model (and every TCG CPU) keeps 40 (QEMU_DEFAULT_PHYS_BITS)."""
     need = layout.phys_bits
     host = facts.physical_address_bits
     version = observed.libvirt_version

@@ -19,7 +19,7 @@ from .preflight import phys_bits_mode, preflight
 from .spec import GpuVmArgs
 from .xml.domain import domain as domain_xml
 from .xml.domain import render
-from .xml.schema import SchemaError, validate
+from .xml.schema import SchemaError, validate_for_host
 from .xml.spec import DomainSpec
 
 
@@ -54,8 +54,8 @@ def desired_domain(host_name: str, spec: GpuVmArgs, facts: HostFacts,
                          f"by vela: choose another name")
     layout = _place(host_name, spec, facts, observed, current)
     element = domain_xml(domain_spec(spec, observed, current), layout)
-    try:
-        validate(element)
+    try:  # against the host's libvirt schema: here if it is the same release, else there
+        validate_for_host(element, observed.libvirt_version, observed.validator)
     except SchemaError as exc:
         raise GpuVmError(f"{host_name}: {exc}") from None
     topology = guest.nccl_topology(layout, facts.cpu_vendor)

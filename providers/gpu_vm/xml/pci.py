@@ -70,6 +70,20 @@ def guest_address(parent: Element, bus_index: int) -> None:
     _address(parent, bus_index, 0)
 
 
-def root_controller() -> Element:
+def root_controller(ats: bool) -> Element:
+    """pcie-root, with `<driver ats='on'/>` as IBM's sample has it on every PCI controller.
+
+    libvirt's schema allows the driver element on any controller (it validates), and libvirt
+    keeps it in the definition, but it reaches QEMU for no PCI controller: pcie-root has no
+    -device at all (src/qemu/qemu_command.c qemuBuildSkipController skips it: it is the q35
+    machine's own bus), and qemuBuildControllerPCIDevProps builds pxb-pcie, pcie-root-port,
+    x3130-upstream and xio3130-downstream from model, bus_nr/numa_node or port/chassis/hotplug
+    and id only; `ats` becomes a QEMU property only for virtio devices (qemuBuildVirtioDevProps,
+    virtio-pci's "ats" bit). QEMU's root and switch ports have no ATS property to set: ATS is a
+    capability of the endpoint (the passed-through GPU or VF exposes its own through VFIO), and
+    the ports only forward its translated requests. So this is kept for fidelity with the
+    sample and has no effect on the guest."""
     element = Element("controller", type="pci", index="0", model="pcie-root")
+    if ats:
+        SubElement(element, "driver", ats="on")
     return element
