@@ -1,13 +1,17 @@
-"""GpuVm on a lab host, through the dynamic-provider gRPC server: a nested guest with the GPU
-stand-in and an igb VF passed through boots, takes a DHCP lease, answers pings and sees both
-devices on its NUMA node 0; applying again changes nothing and refresh reads it in sync; a
-second guest wanting the same GPU and a guest wanting more huge pages than the host has fail
-clearly, leaving nothing behind; delete removes the domain and its volumes.
+"""GpuVm on a lab host, through the dynamic-provider gRPC server: two nested guests created at
+the same moment, one per socket (hostShare), each with its socket's GPU stand-in and a VF of its
+socket's igb, boot, take DHCP leases, answer pings and see both devices on their NUMA node 0;
+the VFs carry the names the NCCL topology file and environment give them, and the topology file
+is where NCCL reads it. Both guests are then rebooted (a system reset, what a guest's own
+reboot does under on_reboot=restart) and come back with their tuning and topology file. Applying
+again changes nothing and refresh reads them in sync; a third guest wanting a held GPU and one
+wanting a CPU both guests' vCPUs hold fail clearly, leaving nothing behind; delete removes the
+domains and their volumes.
 
 The host is prepared as HostTuning and SriovPool would leave it (1 GiB pages reserved at boot and
-served by /dev/hugepages, the VF bound to vfio-pci), plus libvirt's default NAT network started.
-The VF comes from the igb on its own root port: QEMU's switch ports have no ACS, so VFs under the
-switch share their PF's IOMMU group and could not be passed through alone.
+served by /dev/hugepages, the VFs bound to vfio-pci), plus libvirt's default NAT network started.
+The VFs come from the igbs on their own root ports: QEMU's switch ports have no ACS, so VFs under
+the switch share their PF's IOMMU group and could not be passed through alone.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -24,8 +29,9 @@ from tests.lab.conftest import booted_lab
 from tests.support.provider_harness import ProviderCallError, ProviderServer, with_provider
 
 pytestmark = pytest.mark.slow
-GPU = "0000:43:00.0"  # the GPU stand-in on node 0
-ISOLATED_PF = "0000:45:00.0"  # the igb on its own root port, node 0
+# Per host NUMA node: the GPU stand-in and the igb on its own root port.
+GPUS = ["0000:43:00.0", "0000:83:00.0"]
+ISOLATED_PFS = ["0000:45:00.0", "0000:85:00.0"]
 # Boot-time 1 GiB pages, as HostTuning's hugepages setting configures them: at run time the
 # kernel rarely finds a free, aligned gigabyte on node 0. default_hugepagesz=1G makes systemd's
 # /dev/hugepages serve them, which libvirt uses. The lab image boots with nokaslr, so the kernel
@@ -62,80 +68,127 @@ def _console(host, name: str) -> str:
     return host.run(["cat", f"/var/log/libvirt/qemu/vela-{name}-console.log"], check=False).text
 
 
-def test_nested_guest_with_gpu_and_vf(lab, tmp_path):
+def _guest_boots(host, name: str, boots: int) -> list[str]:
+    """The console of each of the guest's boots so far, once `boots` of them are ready."""
+    deadline = time.monotonic() + 600
+    while _console(host, name).count("VELA-GUEST-READY") < boots \
+            and time.monotonic() < deadline:
+        time.sleep(5)
+    console = _console(host, name)
+    assert console.count("VELA-GUEST-READY") >= boots, console[-3000:]
+    parts = console.split("VELA-GUEST-READY")
+    return parts[:boots]
+
+
+def _assert_tuned(boot: str, outs: dict, node: int) -> None:
+    """One boot of a guest, as its console tells it: devices on its guest NUMA node 0, the VF
+    named as NCCL is told, the recipe's settings, the topology file the outputs give."""
+    placement = {d["kind"]: d for d in outs["placement"]["devices"]}
+    seen = dict(re.findall(r"VELA-GUEST-PCI (\S+) (\S+ numa=\S+)", boot))
+    assert seen[placement["gpu"]["guestAddress"]] == "0x1af4:0x1110 numa=0", boot[-3000:]
+    assert seen[placement["vf"]["guestAddress"]] == "0x8086:0x10ca numa=0"
+    assert "VELA-GUEST-SYSCTL tcp_timestamps=0 rmem_max=4194304" in boot
+    # The VF's interface got the recipe's MTU and queue length (the PF is up: SriovPool brings
+    # it up, else the VF's mailbox requests go unanswered), under the name the topology file and
+    # the NCCL environment use.
+    assert f"VELA-GUEST-NETDEV {placement['vf']['guestAddress']} vela0" in boot, boot[-3000:]
+    assert "vela-guest-tuning: vela0: txqueuelen 10000" in boot
+    assert "vela-guest-tuning: vela0: mtu 9000" in boot
+    assert "VELA-GUEST-NET vela0 mtu=9000 txqueuelen=10000" in boot
+    assert '<net name="vela0"' in outs["ncclTopology"]
+    topology = outs["ncclTopology"].encode()
+    assert f"VELA-GUEST-TOPOLOGY bytes={len(topology)} " \
+        f"sha256={hashlib.sha256(topology).hexdigest()}" in boot
+    assert placement["gpu"]["hostAddress"] == GPUS[node]
+
+
+def test_two_nested_guests_one_per_socket_survive_a_reboot(lab, tmp_path):
     lab_host = lab.host(0)
     host = lab.ssh_host(lab_host)
     config = {"vela:sshPrivateKey": lab.key_path.read_text()}
     with ProviderServer(config=config, log=tmp_path / "provider.log") as server:
-        pool_inputs = with_provider(SriovPoolProvider(), {
-            **_base(lab_host), "pf": ISOLATED_PF, "numVfs": 1})
-        pool_id, pool = server.create("pool", server.check("pool", {}, pool_inputs)[0])
-        vf, = pool["vfs"]
+        pools = []
+        for pf in ISOLATED_PFS:
+            pool_inputs = with_provider(SriovPoolProvider(), {**_base(lab_host), "pf": pf,
+                                                              "numVfs": 1})
+            pools.append(server.create(f"pool-{pf}",
+                                       server.check("pool", {}, pool_inputs)[0]))
+        vfs = [vf for _, pool in pools for vf in pool["vfs"]]
+        assert [vf["numaNode"] for vf in vfs] == [0, 1]
 
-        vm = {**_base(lab_host), "name": "lab-vm", "vcpus": 1, "memoryGib": 1, "gpus": 1,
-              "gpuSelector": ["1af4:1110"], "vfs": [vf], "reservedCpus": 0,
-              "kernelBoot": {"kernel": "/usr/local/share/vela-guest/vmlinuz",
-                             "initrd": "/usr/local/share/vela-guest/initrd.img",
-                             "cmdline": "console=ttyS0 no_timer_check"},
-              "domainType": "qemu", "cpuModel": "qemu64", "waitTimeout": 1200,
-              "shutdownTimeout": 20}  # the lab's busybox guest ignores ACPI shutdown
-        inputs, failures = server.check("vm", {}, with_provider(GpuVmProvider(), vm))
-        assert failures == []
-        id_, outs = server.create("vm", inputs)
-        address, = outs["addresses"]
-        placement = {d["kind"]: d for d in outs["placement"]["devices"]}
-        assert placement["gpu"]["hostAddress"] == GPU
-        assert placement["vf"]["pairedWith"] == GPU  # same NUMA node: under the GPU's switch
-        assert 'busid="' + placement["gpu"]["guestAddress"] in outs["ncclTopology"]
+        base = {**_base(lab_host), "vcpus": 1, "memoryGib": 1, "gpus": 1,
+                "gpuSelector": ["1af4:1110"], "vfs": vfs, "reservedCpus": 0,
+                "kernelBoot": {"kernel": "/usr/local/share/vela-guest/vmlinuz",
+                               "initrd": "/usr/local/share/vela-guest/initrd.img",
+                               "cmdline": "console=ttyS0 no_timer_check"},
+                "domainType": "qemu", "cpuModel": "qemu64", "waitTimeout": 1200,
+                "shutdownTimeout": 20}  # the lab's busybox guest ignores ACPI shutdown
+        names = ["lab-vm0", "lab-vm1"]
+        inputs = []
+        for index, name in enumerate(names):
+            checked, failures = server.check(name, {}, with_provider(GpuVmProvider(), {
+                **base, "name": name, "hostShare": {"index": index, "count": 2}}))
+            assert failures == []
+            inputs.append(checked)
+        # Both at once, as the engine creates independent resources: the host's placement
+        # lock makes one define after the other, with what the first took in view.
+        with ThreadPoolExecutor(max_workers=2) as workers:
+            created = list(workers.map(server.create, names, inputs))
+        outs = [out for _, out in created]
+        for node, out in enumerate(outs):
+            assert out["placement"]["cells"][0]["hostNode"] == node
+            assert out["placement"]["cells"][0]["hostCpus"] == [node]
+            devices = {d["kind"]: d for d in out["placement"]["devices"]}
+            assert devices["vf"]["hostAddress"] == vfs[node]["address"]
+            # The VF's igb is on its own root port, not under the GPU's switch: no GPUDirect
+            # locality, and the guest does not pretend otherwise.
+            assert devices["vf"]["gpudirect"] is False and devices["vf"]["pairedWith"] is None
+            pair, = out["placement"]["gpuNicPairs"]
+            assert pair["nic"] == vfs[node]["address"] and pair["gpudirect"] is False
+            assert out["nvlink"] is None
+            host.run(["busybox", "ping", "-c", "3", "-W", "5", out["addresses"][0]], timeout=60)
+        for node, (name, out) in enumerate(zip(names, outs, strict=True)):
+            first, = _guest_boots(host, name, 1)
+            _assert_tuned(first, out, node)
+            pf_netdev = host.run(["ls", f"/sys/bus/pci/devices/{ISOLATED_PFS[node]}/net"]
+                                 ).text.strip()
+            pf_link = host.run(["ip", "-j", "-d", "link", "show", "dev", pf_netdev]).text
+            assert vfs[node]["mac"] in pf_link
 
-        host.run(["busybox", "ping", "-c", "3", "-W", "5", address], timeout=60)
-        deadline = time.monotonic() + 300
-        while "VELA-GUEST-READY" not in _console(host, "lab-vm") and time.monotonic() < deadline:
-            time.sleep(5)
-        console = _console(host, "lab-vm")
-        assert "VELA-GUEST-READY" in console, console[-3000:]
-        seen = dict(re.findall(r"VELA-GUEST-PCI (\S+) (\S+ numa=\S+)", console))
-        assert seen[placement["gpu"]["guestAddress"]] == "0x1af4:0x1110 numa=0"
-        assert seen[placement["vf"]["guestAddress"]] == "0x8086:0x10ca numa=0"
-        assert "VELA-GUEST-SYSCTL tcp_timestamps=0 rmem_max=4194304" in console
-        # The VF's interface got the recipe's MTU and queue length (the PF is up: SriovPool
-        # brings it up, else the VF's mailbox requests go unanswered); the PF holds its MAC.
-        # The VF's interface is named as the topology file and the NCCL environment name it.
-        assert f"VELA-GUEST-NETDEV {placement['vf']['guestAddress']} vela0" in console, \
-            console[-3000:]
-        assert "vela-guest-tuning: vela0: txqueuelen 10000" in console
-        assert "vela-guest-tuning: vela0: mtu 9000" in console
-        assert "VELA-GUEST-NET vela0 mtu=9000 txqueuelen=10000" in console
-        assert '<net name="vela0"' in outs["ncclTopology"]
-        # The topology file is where NCCL reads it by default, as the outputs give it.
-        topology = outs["ncclTopology"].encode()
-        assert f"VELA-GUEST-TOPOLOGY bytes={len(topology)} " \
-            f"sha256={hashlib.sha256(topology).hexdigest()}" in console
-        pf_netdev = host.run(["ls", f"/sys/bus/pci/devices/{ISOLATED_PF}/net"]).text.strip()
-        pf_link = host.run(["ip", "-j", "-d", "link", "show", "dev", pf_netdev]).text
-        assert vf["mac"] in pf_link
+        # -- reboot both guests: a system reset, as a guest's own reboot is under
+        # on_reboot=restart; the tuning and the topology file come back at boot ---------------
+        for name in names:
+            host.run(["virsh", "reset", name], timeout=60)
+        for node, (name, out) in enumerate(zip(names, outs, strict=True)):
+            _, second = _guest_boots(host, name, 2)
+            _assert_tuned(second, out, node)
 
         listed = host.run(["virsh", "-q", "list", "--all", "--name"]).text
-        again = server.update("vm", id_, outs, inputs)
-        assert again["changes"] == [] and again["uuid"] == outs["uuid"]
-        read_id, refreshed = server.read("vm", id_, again)  # what `pulumi refresh` calls
-        assert read_id == id_ and refreshed["inSync"] and refreshed["drift"] == []
-        assert refreshed["state"] == "running" and refreshed["addresses"] == [address]
+        for (id_, out), checked in zip(created, inputs, strict=True):
+            again = server.update("vm", id_, out, checked)
+            assert again["changes"] == [] and again["uuid"] == out["uuid"]
+            read_id, refreshed = server.read("vm", id_, again)  # what `pulumi refresh` calls
+            assert read_id == id_ and refreshed["inSync"] and refreshed["drift"] == []
+            assert refreshed["state"] == "running"
 
-        rival = with_provider(GpuVmProvider(), {**vm, "name": "rival", "gpus": [GPU],
+        rival = with_provider(GpuVmProvider(), {**base, "name": "rival", "gpus": [GPUS[0]],
                                                  "vfs": []})
-        with pytest.raises(ProviderCallError, match="already assigned to domain 'lab-vm'"):
+        with pytest.raises(ProviderCallError, match="already assigned to domain 'lab-vm0'"):
             server.create("rival", rival)
-        greedy = with_provider(GpuVmProvider(), {**vm, "name": "greedy", "gpus": 0, "vfs": [],
-                                                  "memoryGib": 2})
-        with pytest.raises(ProviderCallError, match=r"node 0 has 0 free 1 GiB huge page\(s\); "
-                                                    r"guest cell 0 needs 2"):
-            server.create("greedy", greedy)
+        crowded = with_provider(GpuVmProvider(), {**base, "name": "crowded", "gpus": 0,
+                                                   "vfs": [], "numaNodes": [0]})
+        with pytest.raises(ProviderCallError, match=r"1 vCPUs on host node 0, which has 0 CPUs "
+                                                    r"after 0 reserved and those pinned by "
+                                                    r"domain\(s\) lab-vm0"):
+            server.create("crowded", crowded)
         assert host.run(["virsh", "-q", "list", "--all", "--name"]).text == listed
         volumes = host.run(["ls", "/var/lib/libvirt/images/vela"]).text.split()
-        assert sorted(volumes) == ["lab-vm-seed.iso"]
+        assert sorted(volumes) == [f"{name}-seed.iso" for name in names]
 
-        server.delete("vm", id_, again)
-        server.delete("pool", pool_id, pool)
-    assert "lab-vm" not in host.run(["virsh", "-q", "list", "--all", "--name"]).text
+        for (id_, out), name in zip(created, names, strict=True):
+            server.delete(name, id_, out)
+        for (pool_id, pool), pf in zip(pools, ISOLATED_PFS, strict=True):
+            server.delete(f"pool-{pf}", pool_id, pool)
+    listed = host.run(["virsh", "-q", "list", "--all", "--name"]).text
+    assert not set(names) & set(listed.split())
     assert host.run(["test", "-e", "/var/lib/libvirt/images/vela"], check=False).exit_code == 1

@@ -259,3 +259,20 @@ def test_two_placements_at_once_define_one_after_the_other(tmp_path):
         [shell.call("vela_vm_define", second, xml, f"{first} ")], sysroot=str(root))],
         env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
+
+
+def test_a_new_guest_needs_free_huge_pages_on_each_of_its_nodes(hgx):
+    """The HGX fixture reserves 64 free 1 GiB pages per node; a guest of 200 GiB on node 0 does
+    not fit, and preflight says where and how many (before anything is written)."""
+    from providers.gpu_vm.observe import VmObservations
+    from providers.gpu_vm.preflight import preflight
+
+    facts, _ = hgx
+    observed = VmObservations(hugetlbfs={"/dev/hugepages": "rw,relatime,pagesize=1024M"},
+                              image_format="qcow2", libvirt_version=(9, 0, 0))
+    spec = _spec(gpus=0, memoryGib=200, numaNodes=[0])
+    problems = preflight(spec, facts, observed, place(spec, facts, {}), new=True)
+    assert "host NUMA node 0 has 64 free 1 GiB huge page(s); guest cell 0 needs 200" in problems
+    fits = _spec(gpus=0, memoryGib=64, numaNodes=[0])
+    assert not [p for p in preflight(fits, facts, observed, place(fits, facts, {}), new=True)
+                if "huge page" in p]
