@@ -9,6 +9,7 @@ a reboot of the world instead of the machine running the tests.
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
@@ -186,6 +187,26 @@ def test_a_new_guest_is_defined_started_and_waited_for():
     first = vm_plan(_vm(), TARGET, VmObservations(), Round(booted=False, number=0))
     assert _kinds(first) == ["define", "start", "wait for its address"]
     assert "vela_vm_wait_address vm 600" in first.calls[-1]
+
+
+def test_a_host_with_virt_xml_validate_checks_the_xml_before_anything_is_written():
+    """vela_vm_validate comes first, before the volume and the define, on a host that has
+    virt-xml-validate and xmllint; nothing is validated once the definition is as wanted."""
+    spec = _vm(kernelBoot=None, image={"path": "/img/base.qcow2"})
+    first = vm_plan(spec, TARGET, VmObservations(validator=True), Round(booted=False, number=0))
+    assert _kinds(first) == ["validate against the host's libvirt schema", "create", "define",
+                             "start", "wait for its address"]
+    assert first.calls[0] == shell.call("vela_vm_validate", "vm",
+                                        base64.b64encode(XML.encode()).decode())
+    assert first.calls[0] in shell.script(first.calls)
+    defined = _running()
+    defined.validator = True
+    defined.present = {"/var/lib/libvirt/images/vela/vm.qcow2"}
+    assert vm_plan(spec, TARGET, defined, Round(booted=False, number=0)).changes == []
+    changed = _running(XML.replace("<vcpu>2</vcpu>", "<vcpu>4</vcpu>"))
+    changed.validator = True
+    assert _kinds(vm_plan(_vm(), TARGET, changed, Round(False, 0)))[0] == \
+        "validate against the host's libvirt schema"
 
 
 def test_a_restart_happens_in_the_first_round_only_and_waits_for_the_new_boot():
