@@ -249,7 +249,8 @@ Description=vela: guest tuning, VF names and the NCCL topology file, at every bo
 Documentation=https://docs.nvidia.com/deeplearning/nccl/user-guide/docs/env.html
 # Early, like cloud-init's local stage: with default dependencies (After=sysinit.target) this
 # unit, before network-pre.target, would close a cycle on Debian and Ubuntu, where cloud-init's
-# network stage runs after the network is configured yet before sysinit.target.
+# network stage runs after the network is configured yet before sysinit.target (cloud-init
+# systemd/cloud-init-network.service.tmpl: After=networking.service, Before=sysinit.target).
 DefaultDependencies=no
 # The VFs' names, MTU and queues are set before any network manager configures an interface:
 # the way systemd.special(7) and systemd.io/NETWORK_ONLINE give a service to run before the
