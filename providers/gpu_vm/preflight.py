@@ -20,8 +20,8 @@ MAXPHYSADDR_LIMIT_SINCE = (9, 3)
 # phys-bits=, no host-phys-bits, no machine compat property) gets TCG_PHYS_ADDR_BITS
 # (target/i386/tcg/helper-tcg.h: 40), under KVM as well as TCG; and any phys-bits outside
 # 32..TARGET_PHYS_ADDR_SPACE_BITS (target/i386/cpu-param.h: 52) is refused ("phys-bits should
-# be between 32 and 52"). Since QEMU 6.0 (commit "target/i386: allow modifying TCG
-# phys-addr-bits") that range holds for TCG too; before it TCG took 40 only. Checked on Debian
+# be between 32 and 52"). Since QEMU's March 2021 commit "target/i386: allow modifying TCG
+# phys-addr-bits" that range holds for TCG too; before it TCG took 40 only. Checked on Debian
 # 12's QEMU 7.2 under TCG: qemu64 gets 40, phys-bits=52 is taken, 53 refused.
 QEMU_DEFAULT_PHYS_BITS = 40
 QEMU_MAX_PHYS_BITS = 52
@@ -84,10 +84,11 @@ def address_bits(spec: GpuVmArgs, facts: HostFacts, observed: VmObservations,
     """The guest's RAM plus every 64-bit BAR must fit the physical address bits it will get
     (too few is why GPUs vanish in big guests); the bits it may get are capped by:
 
-    - kvm: the host CPU's own bits (/proc/cpuinfo "address sizes"). EPT/NPT cannot map a guest
-      address above them; QEMU only warns when phys-bits exceed them (target/i386/host-cpu.c
-      host_cpu_realizefn), so it is checked here. In passthrough mode the limit= vela writes is
-      the bits needed, so it never exceeds the host's either.
+    - kvm: the host CPU's own bits (/proc/cpuinfo "address sizes"): a guest told of more may
+      place BARs and RAM where KVM cannot map them, and QEMU only warns ("Host physical bits
+      (%u) does not match phys-bits property", target/i386/host-cpu.c
+      host_cpu_adjust_phys_bits), so it is checked here. In passthrough mode the limit= vela
+      writes is the bits needed, so it never exceeds the host's either.
     - qemu (TCG): QEMU's 52 (QEMU_MAX_PHYS_BITS); with <maxphysaddr mode='emulate'>, also the
       host CPU's bits, because libvirt refuses more ("The number of virtual CPU address bits
       cannot exceed the number supported by the host CPU", src/qemu/qemu_validate.c
@@ -103,12 +104,13 @@ def address_bits(spec: GpuVmArgs, facts: HostFacts, observed: VmObservations,
     smaller = "give each VM less memory or fewer GPUs (memoryGib, gpus)"
     limits: list[tuple[int, str, str]] = []  # bits, why, fix
     if spec.domain_type == "kvm" and host is not None:
-        limits.append((host, f"the host CPU has {host} (/proc/cpuinfo address sizes)", smaller))
+        limits.append((host, f"the {host} the host CPU has (/proc/cpuinfo address sizes)",
+                       smaller))
     if spec.domain_type == "qemu":
-        limits.append((QEMU_MAX_PHYS_BITS, f"QEMU's TCG (domainType qemu) takes at most "
-                       f"{QEMU_MAX_PHYS_BITS}", smaller))
+        limits.append((QEMU_MAX_PHYS_BITS, f"the {QEMU_MAX_PHYS_BITS} QEMU's TCG (domainType "
+                       f"qemu) takes at most", smaller))
         if mode == "emulate" and host is not None:
-            limits.append((host, f"libvirt refuses more than the host CPU's {host} for a "
+            limits.append((host, f"the {host} of the host CPU, the most libvirt takes for a "
                            f"domain of any type (/proc/cpuinfo address sizes)", smaller))
     if mode == "none" and not (spec.domain_type == "kvm" and spec.cpu_model == "host-passthrough"):
         release = ".".join(str(part) for part in version or ())
