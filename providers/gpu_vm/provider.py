@@ -21,7 +21,6 @@ from ..common.dynamic import HostResourceProvider, changed_inputs
 from ..common.plan import Snapshot
 from ..errors import CommandFailed, GpuVmError
 from ..host import Host
-from . import guest
 from .observe import Domain, VmObservations, observe_script, parse_observations
 from .placement import gpu_nic_pairs
 from .plan import drift, plan, plan_removal, removal_finish
@@ -142,7 +141,7 @@ def outputs(spec: GpuVmArgs, props: dict, target: DomainTarget, defined: Domain,
         "addresses": observed.addresses,
         "domainXml": target.xml,
         "ncclTopology": target.topology,
-        "ncclEnvironment": dict(guest.NCCL_ENV),
+        "ncclEnvironment": dict(target.environment),
         "nvlink": layout.nvlink,
         "placement": {
             "cells": [{"id": c.id, "hostNode": c.host_node, "hostCpus": c.host_cpus,

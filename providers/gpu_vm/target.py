@@ -8,7 +8,7 @@ and the seed with the guest tuning, and returns them as a `DomainTarget` for the
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import GpuVmError
 from ..facts.models import HostFacts
@@ -30,6 +30,8 @@ class DomainTarget:
     seed: bytes  # the first-boot seed image (cloud-init NoCloud), guest tuning inside
     topology: str  # NCCL's topology file for the guest
     notes: tuple[str, ...] = ()  # the host's fast paths the guest gets, for the plan
+    # This VM's NCCL environment (its VF names, GID index): an output, and in the guest profile
+    environment: dict[str, str] = field(default_factory=dict)
 
 
 def locality_notes(layout: Layout) -> list[str]:
@@ -58,11 +60,11 @@ def desired_domain(host_name: str, spec: GpuVmArgs, facts: HostFacts,
         validate_for_host(element, observed.libvirt_version, observed.validator)
     except SchemaError as exc:
         raise GpuVmError(f"{host_name}: {exc}") from None
-    topology = guest.nccl_topology(layout, facts.cpu_vendor)
-    ids = {device.host_address: f"0x{facts.pci[device.host_address].vendor_id:04x}:"
-           f"0x{facts.pci[device.host_address].device_id:04x}" for device in layout.devices}
+    ids = guest.device_ids(layout, facts)
+    topology = guest.nccl_topology(layout, facts.cpu_vendor, ids)
     seed = guest.seed_image(spec, guest.tuning_script(spec, layout, ids, topology))
     return DomainTarget(layout=layout, xml=render(element), seed=seed, topology=topology,
+                        environment=guest.nccl_environment(spec, layout, ids),
                         notes=tuple(locality_notes(layout)))
 
 

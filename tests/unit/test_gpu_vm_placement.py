@@ -276,3 +276,33 @@ def test_a_new_guest_needs_free_huge_pages_on_each_of_its_nodes(hgx):
     fits = _spec(gpus=0, memoryGib=64, numaNodes=[0])
     assert not [p for p in preflight(fits, facts, observed, place(fits, facts, {}), new=True)
                 if "huge page" in p]
+
+
+def test_a_whole_node_guest_target_names_its_nics_for_nccl(hgx):
+    """What create outputs and seeds for a whole HGX node: its VFs named vela0..3 in the
+    topology file and the environment alike, GPUDirect only where a NIC shares the switch,
+    and the plan's define saying the guest has NVLink and GPUDirect on every GPU."""
+    from lxml import etree
+
+    from providers.common.plan import Round
+    from providers.gpu_vm.observe import VmObservations
+    from providers.gpu_vm.plan import plan
+    from providers.gpu_vm.target import desired_domain
+
+    facts, layout = hgx
+    observed = VmObservations(hugetlbfs={"/dev/hugepages": "rw,relatime,pagesize=1024M"},
+                              image_format="qcow2", libvirt_version=(9, 0, 0))
+    spec = _spec(gpus=8, vcpus=16, memoryGib=64, vfs=_vfs(facts, layout.nic_pfs[::2]))
+    target = desired_domain("hgx-01", spec, facts, observed)
+    names = [f"vela{index}" for index in range(4)]
+    assert target.environment["NCCL_IB_HCA"] == "=" + ",".join(names)
+    assert target.environment["NCCL_SOCKET_IFNAME"] == "=" + ",".join(names)
+    assert target.environment["NCCL_IB_GID_INDEX"] == "3"  # ConnectX-6 Ethernet VFs: RoCE
+    nets = etree.fromstring(target.topology.encode()).iter("net")
+    assert sorted((net.get("name"), net.get("gdr")) for net in nets) == \
+        [(name, "1") for name in names]
+    define = next(change for change in plan(spec, target, observed,
+                                            Round(booted=False, number=0)).changes
+                  if change.kind == "domain")
+    assert define.detail == ("define; NVLink: yes, every GPU and NVSwitch; "
+                             "GPUDirect: 8 of 8 GPU(s) share a PCIe switch with a NIC")
