@@ -38,6 +38,9 @@ PACKAGES = [
     "openssh-server", "pciutils", "iproute2", "ethtool", "kmod", "procps",
     # nested guests: libvirt and QEMU inside the lab host
     "libvirt-daemon-system", "libvirt-clients", "qemu-system-x86", "qemu-utils",
+    # xmllint, which virt-xml-validate runs: libvirt-daemon recommends it, so a default Debian
+    # install has it; GpuVm validates a domain with the host's own schema through it
+    "libxml2-utils",
     "dnsmasq-base", "iptables",  # libvirt's NAT network hands guests DHCP leases
     # the minimal nested guest (kernel + initramfs with a static busybox)
     "busybox-static", "cpio",
