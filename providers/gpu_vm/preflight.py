@@ -36,14 +36,18 @@ def preflight(spec: GpuVmArgs, facts: HostFacts, observed: VmObservations, layou
                             "setting (default_hugepagesz=1G) provides one, or mount hugetlbfs "
                             "with pagesize=1G and restart libvirtd")
         if new:
+            promised = promised_hugepages(observed, spec.name, GIB_KIB)
             for cell in layout.cells:
                 node = facts.node(cell.host_node)
                 pool = node.pool(GIB_KIB) if node else None
-                free = pool.free if pool else 0
+                free = (pool.free if pool else 0) - promised.get(cell.host_node, 0)
                 needed = cell.memory_kib // GIB_KIB
                 if needed > free:
-                    problems.append(f"host NUMA node {cell.host_node} has {free} free 1 GiB huge "
-                                    f"page(s); guest cell {cell.id} needs {needed}")
+                    held = f" once defined guests not yet running take their " \
+                        f"{promised[cell.host_node]}" if promised.get(cell.host_node) else ""
+                    problems.append(f"host NUMA node {cell.host_node} has {max(free, 0)} free "
+                                    f"1 GiB huge page(s){held}; guest cell {cell.id} needs "
+                                    f"{needed}")
     if spec.image and observed.image_format is None:
         problems.append(f"no readable base image at {spec.image.path}")
     if spec.kernel_boot:
@@ -55,6 +59,40 @@ def preflight(spec: GpuVmArgs, facts: HostFacts, observed: VmObservations, layou
                         f"{spec.network})")
     problems += address_bits(spec, facts, observed, layout)
     return problems
+
+
+def promised_hugepages(observed: VmObservations, except_name: str,
+                       page_kib: int) -> dict[int, int]:
+    """Host node -> huge pages that defined guests which are not running will take when they
+    start (a running guest's are no longer free already): a guest placed next to one created a
+    moment before must not count the same pages. From each domain's cells and its strict
+    per-cell `memnode` (the XML vela writes; libvirt formatdomain "NUMA Node Tuning")."""
+    promised: dict[int, int] = {}
+    for domain in observed.domains:
+        if domain.name == except_name or domain.running:
+            continue
+        root = domain.root
+        sizes = {_kib(page.get("size"), page.get("unit"))
+                 for page in root.iterfind("memoryBacking/hugepages/page")}
+        if sizes != {page_kib}:
+            continue
+        nodes = {node.get("cellid"): node.get("nodeset")
+                 for node in root.iterfind("numatune/memnode")}
+        for cell in root.iterfind("cpu/numa/cell"):
+            nodeset = nodes.get(cell.get("id"), "")
+            if nodeset.isdigit():
+                pages = _kib(cell.get("memory"), cell.get("unit")) // page_kib
+                promised[int(nodeset)] = promised.get(int(nodeset), 0) + pages
+    return promised
+
+
+_UNITS_KIB = {"b": 1 / 1024, "bytes": 1 / 1024, "k": 1, "kib": 1, "m": 1024, "mib": 1024,
+              "g": 1024 ** 2, "gib": 1024 ** 2}
+
+
+def _kib(value: str | None, unit: str | None) -> int:
+    """A libvirt memory size in KiB (formatdomain "Memory Allocation": unit defaults to KiB)."""
+    return int(int(value or 0) * _UNITS_KIB.get((unit or "KiB").lower(), 1))
 
 
 PhysBitsMode = Literal["passthrough", "emulate", "none"]

@@ -306,3 +306,30 @@ def test_a_whole_node_guest_target_names_its_nics_for_nccl(hgx):
                   if change.kind == "domain")
     assert define.detail == ("define; NVLink: yes, every GPU and NVSwitch; "
                              "GPUDirect: 8 of 8 GPU(s) share a PCIe switch with a NIC")
+
+
+def test_pages_promised_to_a_defined_guest_not_yet_running_are_not_free(hgx):
+    """A guest defined a moment before (its start still to come) will take 60 pages of node
+    0's 64: the next guest on node 0 sees 4, not 64. A running guest's pages are already
+    out of the free count, so they are not subtracted twice."""
+    from providers.gpu_vm.observe import Domain, VmObservations
+    from providers.gpu_vm.preflight import preflight
+    from providers.gpu_vm.xml.domain import domain, render
+    from providers.gpu_vm.xml.spec import DomainSpec
+
+    facts, _ = hgx
+    first = _spec(name="first", gpus=0, memoryGib=60, numaNodes=[0])
+    xml = render(domain(DomainSpec(name="first", domain_type="kvm", cpu_model="host-passthrough",
+                                   phys_bits_mode="emulate", hugepage_kib=1048576,
+                                   firmware="bios"), place(first, facts, {})))
+    mounts = {"/dev/hugepages": "rw,relatime,pagesize=1024M"}
+    second = _spec(name="second", gpus=0, memoryGib=8, numaNodes=[0])
+    layout = place(second, facts, {})
+    for state, problem in (("shut off", True), ("running", False)):
+        observed = VmObservations(hugetlbfs=mounts, image_format="qcow2",
+                                  libvirt_version=(9, 0, 0), domains=[Domain("u", xml, state)])
+        pages = [p for p in preflight(second, facts, observed, layout, new=True)
+                 if "huge page" in p]
+        assert pages == (["host NUMA node 0 has 4 free 1 GiB huge page(s) once defined guests "
+                          "not yet running take their 60; guest cell 0 needs 8"]
+                         if problem else [])
