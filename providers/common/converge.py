@@ -63,6 +63,10 @@ class Converger(Generic[O]):
     # The resource's preflight, run again after each reboot: a boot can bring what no run
     # could see before it (an IOMMU the BIOS keeps off even when the kernel asks for it).
     check: Callable[[Snapshot[O]], list[str]] | None = None
+    # Around each reboot: make the host safe to reboot (guests stopped, or refuse), and bring
+    # back what was stopped once it is up again.
+    before_reboot: Callable[[Snapshot[O]], object] | None = None
+    after_reboot: Callable[[object], None] | None = None
 
     def converge(self, snapshot: Snapshot[O], *, first: list[str] = (),
                  finish: list[str] = ()) -> Outcome[O]:
@@ -73,11 +77,14 @@ class Converger(Generic[O]):
         stalled = None  # what a reboot that had nothing to apply left pending
         while self._reboot_wanted(outcome, stalled):
             stalled = outcome.plan.pending if not outcome.plan.changes else None
+            stopped = self.before_reboot(outcome.snapshot) if self.before_reboot else None
             reboot_and_wait(self.host, self.reboot_timeout)
             outcome.reboots += 1
             self._refresh(outcome, number=0)
             self._check_after_boot(outcome)
             self._apply_rounds(outcome, [])
+            if self.after_reboot:
+                self.after_reboot(stopped)
         self._verify(outcome)
         if finish:
             apply(self.host, list(finish), timeout=self.apply_timeout)
