@@ -78,13 +78,15 @@ class Converger(Generic[O]):
         while self._reboot_wanted(outcome, stalled):
             stalled = outcome.plan.pending if not outcome.plan.changes else None
             stopped = self.before_reboot(outcome.snapshot) if self.before_reboot else None
-            reboot_and_wait(self.host, self.reboot_timeout)
-            outcome.reboots += 1
-            self._refresh(outcome, number=0)
-            self._check_after_boot(outcome)
-            self._apply_rounds(outcome, [])
-            if self.after_reboot:
-                self.after_reboot(stopped)
+            try:
+                reboot_and_wait(self.host, self.reboot_timeout)
+                outcome.reboots += 1
+                self._refresh(outcome, number=0)
+                self._check_after_boot(outcome)
+                self._apply_rounds(outcome, [])
+            finally:  # what was stopped comes back even when the boot's apply failed
+                if self.after_reboot:
+                    self.after_reboot(stopped)
         self._verify(outcome)
         if finish:
             apply(self.host, list(finish), timeout=self.apply_timeout)
