@@ -142,10 +142,11 @@ def test_two_nested_guests_one_per_socket_survive_a_reboot(lab, tmp_path):
             assert devices["vf"]["hostAddress"] == vfs[node]["address"]
             # The VF's igb is on its own root port, not under the GPU's switch: no GPUDirect
             # locality, and the guest does not pretend otherwise.
-            assert devices["vf"]["gpudirect"] is False and devices["vf"]["pairedWith"] is None
+            # (None values do not travel: the engine drops nulls from outputs)
+            assert devices["vf"]["gpudirect"] is False and "pairedWith" not in devices["vf"]
             pair, = out["placement"]["gpuNicPairs"]
             assert pair["nic"] == vfs[node]["address"] and pair["gpudirect"] is False
-            assert out["nvlink"] is None
+            assert "nvlink" not in out  # no NVSwitches on the lab host
             host.run(["busybox", "ping", "-c", "3", "-W", "5", out["addresses"][0]], timeout=60)
         for node, (name, out) in enumerate(zip(names, outs, strict=True)):
             first, = _guest_boots(host, name, 1)
