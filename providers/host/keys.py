@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import io
 import os
+import re
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
@@ -74,18 +75,35 @@ class KeyFile(ClientKey):
         return [self._key]
 
     def _read(self) -> paramiko.PKey:
-        passphrase = self._passphrase.encode() if self._passphrase is not None else None
         try:
-            return paramiko.PKey.from_path(self.path, passphrase)
+            with open(self.path, encoding="utf-8") as handle:
+                text = handle.read()
         except FileNotFoundError as exc:
             raise ClientKeyError(f"private key file {self.path} does not exist") from exc
+        except (OSError, ValueError) as exc:  # unreadable, or not text (UnicodeDecodeError)
+            raise ClientKeyError(f"cannot read private key file {self.path}: "
+                                 f"{getattr(exc, 'strerror', None) or 'not a text file'}") from None
+        encrypted = encrypted_key(text)
+        if encrypted and self._passphrase is None:
+            raise ClientKeyError(f"private key {self.path} is encrypted: give its passphrase")
+        try:
+            passphrase = _passphrase_for(encrypted, self._passphrase)
+            return paramiko.PKey.from_path(self.path, passphrase and passphrase.encode())
         except (paramiko.PasswordRequiredException, TypeError) as exc:
             # cryptography signals a missing passphrase with TypeError.
             raise ClientKeyError(f"private key {self.path} is encrypted: give its passphrase")\
                 from exc
         except (paramiko.SSHException, ValueError, OSError) as exc:
-            raise ClientKeyError(f"cannot load private key {self.path} (wrong passphrase or "
-                                 f"not a private key): {exc}") from exc
+            if _pkcs8(text):
+                raise ClientKeyError(f"private key {self.path} is in PKCS#8 format, {PKCS8}")\
+                    from None
+            if encrypted:
+                # paramiko reports a wrong passphrase as a parse error ("checkints do not
+                # match", "no BEGIN/END delimiters"): the format said encrypted, so it is that.
+                raise ClientKeyError(f"wrong passphrase for private key {self.path}: it does not "
+                                     f"decrypt the key") from None
+            raise ClientKeyError(f"cannot load private key {self.path}: not an Ed25519, ECDSA "
+                                 f"or RSA private key ({exc})") from None
 
     def identity(self) -> str:
         return "file:" + fingerprint(self.load()[0])
@@ -149,31 +167,133 @@ class SecretKey(ClientKey):
 
 
 def _key_from_text(text: str, passphrase: str | None) -> paramiko.PKey:
+    encrypted = encrypted_key(text)
+    if encrypted and passphrase is None:
+        raise ClientKeyError(ENCRYPTED_SECRET)
     errors = []
     for cls in _KEY_CLASSES:
         try:
-            return cls.from_private_key(io.StringIO(text), passphrase)
+            return cls.from_private_key(io.StringIO(text), _passphrase_for(encrypted, passphrase))
         except (paramiko.PasswordRequiredException, TypeError) as exc:
-            raise ClientKeyError("the secret SSH key is encrypted: give its passphrase") from exc
+            raise ClientKeyError(ENCRYPTED_SECRET) from exc
         except (paramiko.SSHException, ValueError) as exc:
             errors.append(f"{cls.__name__}: {exc}")
+    if _pkcs8(text):
+        raise ClientKeyError(f"the secret SSH key is in PKCS#8 format, {PKCS8}")
+    if encrypted:
+        # Every loader fails on a wrong passphrase with its own parse error ("checkints do not
+        # match", "Invalid key"): the key's format says it is encrypted, so that is the cause.
+        raise ClientKeyError("wrong passphrase for the secret SSH key: "
+                             "vela:sshPrivateKeyPassphrase does not decrypt it (set the right one "
+                             "with `pulumi config set --secret vela:sshPrivateKeyPassphrase`)")
     raise ClientKeyError("cannot load the secret SSH key as Ed25519, ECDSA or RSA ("
                          + "; ".join(errors) + ")")
 
 
+ENCRYPTED_SECRET = ("the secret SSH key is encrypted: give its passphrase with `pulumi config set "
+                    "--secret vela:sshPrivateKeyPassphrase`")
+_OPENSSH_BODY = re.compile(r"-----BEGIN OPENSSH PRIVATE KEY-----(.*?)-----END OPENSSH PRIVATE "
+                           r"KEY-----", re.S)
+_PEM_BODY = re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----",
+                       re.S)
+_OPENSSH_MAGIC = b"openssh-key-v1\x00"
+
+
+def encrypted_key(text: str) -> bool | None:
+    """Whether a private key's text is passphrase-protected, read from its format alone (no
+    decryption): True or False for a well-formed OpenSSH or PEM key, None when the text is
+    neither (then only loading it can tell what is wrong).
+
+    OpenSSH (PROTOCOL.key): base64 of "openssh-key-v1\\0", then the cipher name as an SSH string
+    (uint32 length, bytes): "none" for a key without passphrase. PEM: OpenSSL's traditional
+    format says "Proc-Type: 4,ENCRYPTED"; PKCS#8 says "BEGIN ENCRYPTED PRIVATE KEY".
+    """
+    match = _OPENSSH_BODY.search(text)
+    if match:
+        try:
+            blob = base64.b64decode("".join(match.group(1).split()), validate=True)
+        except ValueError:
+            return None
+        if not blob.startswith(_OPENSSH_MAGIC) or len(blob) < len(_OPENSSH_MAGIC) + 4:
+            return None
+        start = len(_OPENSSH_MAGIC) + 4
+        length = int.from_bytes(blob[start - 4:start], "big")
+        return blob[start:start + length] != b"none"
+    match = _PEM_BODY.search(text)
+    if match:
+        return match.group(1) == "ENCRYPTED " or "Proc-Type: 4,ENCRYPTED" in match.group(0)
+    return None
+
+
+# paramiko reads OpenSSH and OpenSSL's traditional PEM keys, not PKCS#8 ("BEGIN PRIVATE KEY",
+# "BEGIN ENCRYPTED PRIVATE KEY"), whatever the passphrase: say so rather than "wrong passphrase".
+PKCS8 = ("which vela cannot read: rewrite it in OpenSSH format with `ssh-keygen -p -f KEYFILE` "
+         "(it keeps or changes the passphrase)")
+
+
+def _pkcs8(text: str) -> bool:
+    match = _PEM_BODY.search(text)
+    return bool(match) and match.group(1) in {"", "ENCRYPTED "}
+
+
+def _passphrase_for(encrypted: bool | None, passphrase: str | None) -> str | None:
+    """The passphrase to hand to the loaders: none for a key known to be unencrypted, since
+    cryptography refuses a passphrase for one (TypeError, which reads as "encrypted")."""
+    return None if encrypted is False else passphrase
+
+
 # -- host keys ---------------------------------------------------------------------------------
 
+# The first word of a public key line: ssh-ed25519, ecdsa-sha2-nistp256, ssh-rsa,
+# sk-ssh-ed25519@openssh.com. Only a word of this form is ever repeated in a message.
+_KEY_TYPE = re.compile(r"^(?:ssh|ecdsa|sk)-[a-z0-9@.-]{1,60}$")
+# "openssh-key-v1" in base64: how the body of an OpenSSH private key begins, armour or not.
+_OPENSSH_PRIVATE_BODY = "b3BlbnNzaC1rZXktdjE"
+
+
+def looks_private(text: str) -> bool:
+    """Whether text holds a private key, or the body of one without its armour lines."""
+    return "PRIVATE KEY" in text or _OPENSSH_PRIVATE_BODY in text
+
+
 def parse_public_key(line: str) -> paramiko.PKey:
-    """Parse one OpenSSH public key line (`ssh-ed25519 AAAA... [comment]`)."""
+    """Parse one OpenSSH public key line (`ssh-ed25519 AAAA... [comment]`).
+
+    Messages never repeat the value, only its key type: what is pasted into a public key field
+    by mistake is often the private key, and a message ends up in terminals and CI logs.
+    """
+    if not isinstance(line, str):
+        raise InvalidValue("an SSH public key is one line of text, such as 'ssh-ed25519 AAAAC3..'")
+    if looks_private(line):
+        raise InvalidValue(
+            "this is a private key, not an SSH public key (it is not repeated here): give the "
+            "public key line instead (the .pub file; `ssh-keygen -y -f KEYFILE` prints it). "
+            "Remove the private key from the stack config (`pulumi config rm`), and replace "
+            "the key if the config was shared")
     parts = line.split()
-    if len(parts) < 2:
-        raise InvalidValue(f"{line!r} is not an SSH public key: expected '<type> <base64>', for "
-                           f"example the output of `ssh-keyscan` without the host name")
+    if len(parts) < 2 or not _KEY_TYPE.match(parts[0]):
+        raise InvalidValue(
+            "not an SSH public key: expected one line '<type> <base64> [comment]', such as "
+            "'ssh-ed25519 AAAAC3Nza...' (the .pub file of the key)")
     try:
-        return paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1], validate=True))
-    except Exception as exc:  # paramiko raises several unrelated types for bad blobs
-        raise InvalidValue(f"{line[:60]!r} is not a valid SSH public key (type {parts[0]!r}): "
-                           f"{exc}") from exc
+        blob = base64.b64decode(parts[1], validate=True)
+    except ValueError:
+        raise InvalidValue(f"not a valid SSH public key: what follows {parts[0]!r} is not "
+                           f"base64 (was the line cut or wrapped?)") from None
+    try:
+        key = paramiko.PKey.from_type_string(parts[0], blob)
+    except paramiko.UnknownKeyType:
+        raise InvalidValue(f"not a valid SSH public key: vela reads ssh-ed25519, "
+                           f"ecdsa-sha2-nistp256/384/521 and ssh-rsa keys, not {parts[0]!r}")\
+            from None
+    except Exception:  # noqa: BLE001 - paramiko raises several unrelated types for bad blobs
+        raise InvalidValue(f"not a valid SSH public key: its data is not a whole {parts[0]} key "
+                           f"(was the line cut, or its type changed?)") from None
+    if key.asbytes() != blob:
+        # paramiko pads a short Ed25519 blob with zeros: a line cut short would pin another key.
+        raise InvalidValue(f"not a valid SSH public key: its data is not a whole {parts[0]} key "
+                           f"(was the line cut, or its type changed?)")
+    return key
 
 
 def known_hosts_name(address: str, port: int) -> str:

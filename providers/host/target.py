@@ -12,13 +12,19 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BeforeValidator
 
 from ..common.inputs import Inputs
+from ..errors import InvalidValue
 from ..validate import HostAddress, UserName, port_number
 from .keys import ClientKey, parse_public_key
 from .ssh import SshHost
 
 
 def _public_key_line(value: str) -> str:
-    parse_public_key(value)
+    try:
+        parse_public_key(value)
+    except InvalidValue as exc:
+        # Where a host key comes from: the host itself, not the network (which it would verify).
+        raise InvalidValue(f"{exc}; a hostKey is the host's own public key line: on the host's "
+                           f"console, `cat /etc/ssh/ssh_host_ed25519_key.pub`") from None
     return " ".join(value.split()[:2])  # drop the comment: it is not part of the key
 
 
