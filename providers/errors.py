@@ -8,9 +8,30 @@ catch them the ordinary way.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class VelaError(Exception):
-    """Base of every error vela raises on purpose."""
+    """Base of every error vela raises on purpose.
+
+    Through a provider, the error's first line also says which resource call failed and at
+    which step (`during`, set by `providers.common.progress.operation`), and, for errors whose
+    own message cannot know the remedy (a command that failed, a connection that dropped), the
+    class's `fix`."""
+
+    fix: ClassVar[str] = ""
+    during: tuple[str, str] | None = None  # (host, "HostTuning create failed while ...")
+
+    def __str__(self) -> str:
+        message = super().__str__()
+        if self.during is None:
+            return message
+        host, during = self.during
+        first, newline, rest = message.partition("\n")
+        first = first.removeprefix(f"{host}: ")
+        if self.fix and self.fix not in message:
+            first = f"{first.rstrip(':')}; {self.fix}"
+        return f"{host}: {during}: {first}{newline}{rest}"
 
 
 class InvalidValue(VelaError, ValueError):
@@ -31,6 +52,9 @@ class HostUnreachable(HostError, ConnectionError):
 
 class ConnectionLost(HostError, ConnectionError):
     """The connection dropped while a command ran; whether the command finished is unknown."""
+
+    fix = ("run `pulumi up` again once the host answers: it reads the host first, so nothing "
+           "is applied twice")
 
 
 class HostKeyError(HostError):
@@ -54,7 +78,13 @@ class ClientKeyError(VelaError, ValueError):
 
 
 class CommandFailed(HostError):
-    """A command on a host exited non-zero. Carries everything needed to understand why."""
+    """A command on a host exited non-zero. Carries everything needed to understand why.
+
+    A vela script says what it was doing when it failed (`vela_fail` in common/shell.py prints
+    "vela: WHAT" and exits): that goes in the first line, the whole output below it."""
+
+    fix = ("fix what the host reports, then run `pulumi up` again: it reads the host first and "
+           "applies only what is still missing")
 
     def __init__(self, host: str, command: str, exit_code: int, stdout: str, stderr: str,
                  reason: str | None = None) -> None:
@@ -62,7 +92,9 @@ class CommandFailed(HostError):
         if len(detail) > 2000:
             detail = "..." + detail[-2000:]
         why = reason or f"exited with status {exit_code}"
-        super().__init__(host, f"command {_shorten(command)} {why}:\n{detail}")
+        said = _vela_said(stderr)
+        super().__init__(host, f"command {_shorten(command)} {why}"
+                               f"{': ' + said if said else ''}:\n{detail}")
         self.command = command
         self.exit_code = exit_code
         self.stdout = stdout
@@ -72,9 +104,20 @@ class CommandFailed(HostError):
 class CommandTimeout(CommandFailed, TimeoutError):
     """A command ran past its deadline and was killed (on the host, with its children)."""
 
+    fix = ("find out on the host what it waits for (the output below), then run `pulumi up` "
+           "again")
+
 
 class FactsError(HostError):
     """The hardware facts of a host could not be read or made sense of."""
+
+
+def _vela_said(stderr: str) -> str:
+    """The first line of the last message a vela script failed with ("" if none): `vela_fail`
+    prints "vela: WHAT" and exits; "vela: sysroot ..." lines are notes, not failures."""
+    said = [line.removeprefix("vela: ").strip() for line in stderr.splitlines()
+            if line.startswith("vela: ") and not line.startswith("vela: sysroot ")]
+    return said[-1] if said else ""
 
 
 def _shorten(command: str, limit: int = 300) -> str:

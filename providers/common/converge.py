@@ -5,10 +5,14 @@ plans again; rounds repeat while they make progress (a VF count change brings ne
 up). A reboot happens only when something configured waits for one, the resource's policy
 allows it, and the last reboot made progress. What is still to change at the end did not take,
 and is an error that names the host and each setting.
+
+Each step is reported as it happens (`progress`: facts read, the plan, each round applied,
+each reboot and the wait for it, verified), so `pulumi up` shows where a long run is.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, Literal
@@ -17,7 +21,7 @@ from ..errors import VelaError
 from ..facts import parse_facts, run_gather
 from ..host import Host
 from ..host.reboot import reboot_and_wait
-from . import shell
+from . import progress, shell
 from .plan import O, Plan, Round, Snapshot
 
 MAX_REBOOTS = 3
@@ -30,8 +34,14 @@ SAME_PLAN_RETRIES = 1
 def look(host: Host, script: str, parse: Callable[[str], O]) -> Snapshot[O]:
     """The facts and a resource's observations (`script`: its gather sections), in one
     remote command."""
+    progress.begin("reading the host")
+    started = time.monotonic()
     text = run_gather(host, script)
-    return Snapshot(parse_facts(host, text), parse(text))
+    snapshot = Snapshot(parse_facts(host, text), parse(text))
+    progress.report("facts read", f"{len(snapshot.facts.pci)} PCI functions, "
+                                  f"{len(snapshot.facts.numa_nodes)} NUMA node(s) in "
+                                  f"{time.monotonic() - started:.1f} s")
+    return snapshot
 
 
 def apply(host: Host, calls: list[str], *, timeout: float) -> None:
@@ -73,23 +83,34 @@ class Converger(Generic[O]):
         """Apply `first` and the plan, reboot when needed and allowed, verify, then run
         `finish` (clean-up that must happen only once the target is reached)."""
         outcome = Outcome(snapshot, self.plan_for(snapshot, Round(booted=False, number=0)))
+        progress.report("plan", _plan_summary(outcome.plan))
         self._apply_rounds(outcome, list(first))
         stalled = None  # what a reboot that had nothing to apply left pending
         while self._reboot_wanted(outcome, stalled):
             stalled = outcome.plan.pending if not outcome.plan.changes else None
             stopped = self.before_reboot(outcome.snapshot) if self.before_reboot else None
             try:
-                reboot_and_wait(self.host, self.reboot_timeout)
+                progress.report(f"rebooting ({outcome.reboots + 1} of at most {MAX_REBOOTS})",
+                                f"for {progress.listing(outcome.plan.reasons())}; waiting up "
+                                f"to {self.reboot_timeout:g} s for it to answer again")
+                reboot_and_wait(self.host, self.reboot_timeout,
+                                progress=lambda line: progress.report(
+                                    "rebooting", line.removeprefix(f"{self.host.name}: ")))
                 outcome.reboots += 1
                 self._refresh(outcome, number=0)
+                progress.report(f"plan after reboot {outcome.reboots}",
+                                _plan_summary(outcome.plan))
                 self._check_after_boot(outcome)
                 self._apply_rounds(outcome, [])
             finally:  # what was stopped comes back even when the boot's apply failed
                 if self.after_reboot:
                     self.after_reboot(stopped)
+        progress.begin("verifying")
         self._verify(outcome)
         if finish:
+            progress.begin("cleaning up")
             apply(self.host, list(finish), timeout=self.apply_timeout)
+        progress.report("verified", _done_summary(outcome, self.reboots))
         return outcome
 
     def _apply_rounds(self, outcome: Outcome[O], first: list[str]) -> None:
@@ -99,9 +120,18 @@ class Converger(Generic[O]):
             if not calls:
                 return
             made = outcome.plan.summaries()
+            if made:
+                progress.report(f"applying {len(made)} change(s), round {number}",
+                                progress.listing(made))
+            else:
+                progress.report(f"applying round {number}", "vela's own records only")
+            started = time.monotonic()
             apply(self.host, calls, timeout=self.apply_timeout)
+            took = time.monotonic() - started
             outcome.changes += [summary for summary in made if summary not in outcome.changes]
             self._refresh(outcome, number=number)
+            progress.report(f"round {number} applied in {took:.1f} s",
+                            f"now {_plan_summary(outcome.plan)}")
             if outcome.plan.summaries() == made:
                 if not retries:
                     return  # the same changes again: they did not take, and verify says so
@@ -139,3 +169,21 @@ class Converger(Generic[O]):
         if problems:
             raise self.error(f"{self.host.name}: these settings did not take:\n - "
                              + "\n - ".join(problems))
+
+
+def _plan_summary(plan: Plan) -> str:
+    """A plan in one line, for progress."""
+    if not plan.changes and not plan.pending:
+        return "nothing to change"
+    parts = [f"{len(plan.changes)} change(s)"] if plan.changes else ["no change"]
+    if plan.pending:
+        parts.append(f"waiting for a reboot: {progress.listing(plan.reasons(), 2)}")
+    return ", ".join(parts)
+
+
+def _done_summary(outcome: Outcome, reboots: str) -> str:
+    """What a converge run did, in one line, for progress."""
+    done = f"{len(outcome.changes)} change(s) made, {outcome.reboots} reboot(s)"
+    if outcome.plan.pending and reboots == "never":
+        done += f"; waiting for a reboot: {progress.listing(outcome.plan.reasons(), 2)}"
+    return done

@@ -2,7 +2,9 @@
 pickled provider, validation with one message per bad field (check tolerates preview's
 unknowns), the diff rules (which inputs replace, drift recorded by the last run), the engine
 calls mapped onto the resource's converge and removal, the SSH key from provider
-configuration, and the connection to the host.
+configuration, and the connection to the host. Create, update and delete each run as one
+progress operation (common/progress.py): `pulumi up` shows their steps as they happen, and an
+error's first line names the host, the call and the step it failed at.
 
 A provider class names its inputs model, its error type, its output keys and the inputs that
 replace; it implements `converge` (create and update), `remove` (delete), `read` and its id.
@@ -11,6 +13,8 @@ Subclasses stay in their own modules: state pickles them by reference.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import pulumi
@@ -28,6 +32,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import VelaError
 from ..host import Host, SecretKey
+from . import progress
 
 NO_KEY = ("no SSH private key: set it as secret stack config with "
           "`pulumi config set --secret vela:sshPrivateKey < KEYFILE`")
@@ -103,16 +108,29 @@ class HostResourceProvider(ResourceProvider):
 
     def create(self, props: dict) -> CreateResult:
         spec = self.parse_inputs(props)
-        outputs = self.converge(self._host(spec), spec, props, None)
+        with self._operation(spec, "create") as host:
+            outputs = self.converge(host, spec, props, None)
         return CreateResult(self.resource_id(spec, outputs), outputs)
 
     def update(self, id_: str, olds: dict, news: dict) -> UpdateResult:
         spec = self.parse_inputs(news)
-        return UpdateResult(self.converge(self._host(spec), spec, news, olds))
+        with self._operation(spec, "update") as host:
+            return UpdateResult(self.converge(host, spec, news, olds))
 
     def delete(self, id_: str, props: dict) -> None:
         spec = self.parse_inputs(props)
-        self.remove(self._host(spec), spec, props)
+        with self._operation(spec, "delete") as host:
+            self.remove(host, spec, props)
+
+    @contextmanager
+    def _operation(self, spec: Any, action: str) -> Iterator[Host]:
+        """One engine call on the resource's host, reported as it goes (common/progress.py);
+        an error leaving it names the host, the call and the step in its first line. A missing
+        SSH key is the stack's, not the host's: that error stays as it is."""
+        host = self._host(spec)  # connects at its first command, inside the operation
+        with progress.operation(host.name, self.kind, action) as running:
+            yield host
+            progress.report("done", f"in {running.elapsed:.1f} s")
 
     def converge(self, host: Host, spec: Any, props: dict, previous: dict | None) -> dict:
         """Create (`previous` None) and update: drive the host to the inputs; the outputs."""

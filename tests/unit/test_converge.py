@@ -10,6 +10,7 @@ a reboot of the world instead of the machine running the tests.
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 
 import pytest
@@ -249,3 +250,66 @@ def test_preflight_runs_again_after_each_reboot(tmp_path):
                                               r"nothing more was changed:\n - the feature came"):
         converger.converge(converger.look())
     assert seen == ["on"] and host.boots == 1
+
+
+# -- progress and errors as the user reads them ---------------------------------------------------
+
+def _lines(host: BootingHost, converger: Converger) -> tuple[list[str], Outcome | None]:
+    """What `pulumi up` would show for one converge run: its progress lines."""
+    from providers.common import progress
+
+    lines: list[str] = []
+    with progress.operation(host.name, "HostTuning", "create", sink=lines.append):
+        done = _start(host, converger)
+    return lines, done
+
+
+def test_each_step_is_reported_as_it_happens_with_the_time_since_the_call_began(tmp_path):
+    host, converger = _world(tmp_path, _next_boot, reboots="allowed")
+    lines, _ = _lines(host, converger)
+    prefix = f"{host.name}: HostTuning create: "
+    assert all(line.startswith(prefix) and re.search(r" \[\d+\.\d s\]$", line) for line in lines)
+    steps = [re.sub(r" \[\d+\.\d s\]$", "", line.removeprefix(prefix)) for line in lines]
+    assert steps[0] == "plan: 1 change(s), waiting for a reboot: kernel command line: on at " \
+                       "the next boot"
+    assert steps[1] == f"applying 1 change(s), round 1: file {NEXT_BOOT}: create (next-boot)"
+    assert re.fullmatch(r"round 1 applied in \d+\.\d s: now no change, waiting for a reboot: "
+                        r"kernel command line: on at the next boot", steps[2])
+    assert steps[3] == "rebooting (1 of at most 3): for kernel command line: on at the next " \
+                       "boot; waiting up to 5 s for it to answer again"
+    assert re.fullmatch(r"rebooting: SSH ready after \d+ s", steps[4])
+    assert steps[5:] == ["plan after reboot 1: nothing to change",
+                         "verified: 1 change(s) made, 1 reboot(s)"]
+
+
+def test_a_failed_step_names_the_host_the_call_the_step_and_the_fix_in_its_first_line(tmp_path):
+    """An action that fails on the host (`vela_fail`): the first line says where (host), what
+    (the call and the step, with the time), what the host said, and what to do; the whole
+    output follows."""
+    from providers.errors import CommandFailed
+
+    def failing(now, at):
+        return Plan(changes=[Change(kind="sysctl", subject="net.core.rmem_max", detail="-> 1",
+                                    calls=[shell.call("vela_fail", "cannot set sysctl x")])])
+
+    host, converger = _world(tmp_path, failing)
+    with pytest.raises(CommandFailed) as caught:
+        _lines(host, converger)
+    first, _, rest = str(caught.value).partition("\n")
+    assert re.fullmatch(
+        rf"{re.escape(host.name)}: HostTuning create failed while applying 1 change\(s\), "
+        r"round 1 \(\d+\.\d s in\): command `sh -s --` exited with status 1: cannot set sysctl "
+        r"x; fix what the host reports, then run `pulumi up` again: it reads the host first "
+        r"and applies only what is still missing", first), first
+    assert rest == "vela: cannot set sysctl x"
+
+
+def test_outside_a_provider_call_nothing_is_reported_and_errors_read_as_before(tmp_path):
+    from providers.common import progress
+
+    progress.report("plan", "nothing")  # no operation: no sink, nothing happens
+    host, converger = _world(tmp_path, lambda now, at: Plan(changes=[Change(
+        kind="setting", subject="x", detail="0 -> 1", calls=[shell.call("true")])]))
+    with pytest.raises(HostTuningError) as caught:
+        _start(host, converger)
+    assert str(caught.value).startswith(f"{host.name}: these settings did not take:\n")
