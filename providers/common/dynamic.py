@@ -128,9 +128,9 @@ class HostResourceProvider(ResourceProvider):
         an error leaving it names the host, the call and the step in its first line. A missing
         SSH key is the stack's, not the host's: that error stays as it is."""
         host = self._host(spec)  # connects at its first command, inside the operation
-        with progress.operation(host.name, self.kind, action) as running:
+        with progress.operation(host.name, self.kind, action):
             yield host
-            progress.report("done", f"in {running.elapsed:.1f} s")
+            progress.report("done")
 
     def converge(self, host: Host, spec: Any, props: dict, previous: dict | None) -> dict:
         """Create (`previous` None) and update: drive the host to the inputs; the outputs."""
