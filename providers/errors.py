@@ -115,7 +115,7 @@ class FactsError(HostError):
 def _vela_said(stderr: str) -> str:
     """The first line of the last message a vela script failed with ("" if none): `vela_fail`
     prints "vela: WHAT" and exits; "vela: sysroot ..." lines are notes, not failures."""
-    said = [line.removeprefix("vela: ").strip() for line in stderr.splitlines()
+    said = [line.removeprefix("vela: ").strip().rstrip(":") for line in stderr.splitlines()
             if line.startswith("vela: ") and not line.startswith("vela: sysroot ")]
     return said[-1] if said else ""
 

@@ -177,8 +177,12 @@ vela_vm_disk() {  # BASE FORMAT DISK SIZE: a copy-on-write volume on the base im
 vela_vm_define() {  # NAME XML_BASE64 OTHERS: define, validated by the host's own libvirt
   # schema, under the host's placement lock and only if the other domains are still those the
   # placement saw (OTHERS: their names, sorted, each followed by a space). Else exit 75
-  # (EX_TEMPFAIL): GpuVm places again with what the other domain took.
+  # (EX_TEMPFAIL): GpuVm places again with what the other domain took. When virsh refuses
+  # the definition, the XML it tried is kept in /var/lib/vela/failed/NAME.xml (the last
+  # failure per domain, replaced by the next, removed once a define succeeds) and the message
+  # names it; the directory is touched only under the lock.
   xml="$R/run/vela-domain-$1.xml"
+  kept="/var/lib/vela/failed/$1.xml"
   printf '%s' "$2" | base64 -d > "$xml"
   mkdir -p "$R/run/lock"
   exec 9> "$R/run/lock/vela-gpu-vm.lock"
@@ -189,9 +193,17 @@ vela_vm_define() {  # NAME XML_BASE64 OTHERS: define, validated by the host's ow
     rm -f "$xml"; exec 9>&-
     echo "vela: placement raced: other domains now '$others', placed with '$3'" >&2; exit 75
   fi
-  out=$(vela_v define --validate "$xml" 2>&1) \
-    || { rm -f "$xml"; exec 9>&-; vela_fail "virsh define $1: $out"; }
-  rm -f "$xml"; exec 9>&-
+  if ! out=$(vela_v define --validate "$xml" 2>&1); then
+    if mkdir -p "$R${kept%/*}" && mv -f "$xml" "$R$kept"; then
+      where="its XML is kept at $kept; \`virt-xml-validate $kept domain\` shows schema errors"
+    else
+      rm -f "$xml"; where="its XML could not be kept in ${kept%/*}"
+    fi
+    exec 9>&-
+    vela_fail "virsh define $1 failed ($where):
+$out"
+  fi
+  rm -f "$xml" "$R$kept"; rmdir "$R${kept%/*}" 2> /dev/null; exec 9>&-
 }
 vela_vm_validate() {  # NAME XML_BASE64: the domain against this host's libvirt schema,
   # before anything is written. virt-xml-validate (libvirt-clients, tools/virt-xml-validate.in)
@@ -210,6 +222,17 @@ vela_vm_stop() {  # NAME TIMEOUT: graceful shutdown with a deadline, then power 
     sleep 2; waited=$((waited + 2))
   done
   vela_v destroy "$1" > /dev/null 2>&1 || :
+}
+vela_vm_start_running() {  # NAME TIMEOUT: start a shut-off guest, until libvirt says running
+  state=$(vela_v domstate "$1" 2>/dev/null | head -n 1)
+  if [ "$state" != running ]; then
+    out=$(vela_v start "$1" 2>&1) || vela_fail "virsh start $1: $out"
+  fi
+  waited=0
+  until [ "$(vela_v domstate "$1" 2>/dev/null | head -n 1)" = running ]; do
+    [ "$waited" -lt "$2" ] || vela_fail "guest $1 is not running $2 s after its start"
+    sleep 2; waited=$((waited + 2))
+  done
 }
 vela_vm_wait_address() {  # NAME TIMEOUT: until the guest holds a DHCP lease
   waited=0
