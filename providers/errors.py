@@ -108,6 +108,10 @@ class CommandTimeout(CommandFailed, TimeoutError):
            "again")
 
 
+class DomainXmlError(VelaError, ValueError):
+    """A libvirt domain's definition could not be read, so what it holds is unknown."""
+
+
 class FactsError(HostError):
     """The hardware facts of a host could not be read or made sense of."""
 

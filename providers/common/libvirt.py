@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from lxml import etree
 
+from ..errors import DomainXmlError
+
 
 def source_address(element) -> str | None:
     """A `<source><address domain= bus= slot= function=/>` as a PCI address (None: not one)."""
@@ -21,9 +23,14 @@ def passthrough_addresses(root) -> list[str]:
     return [address for address in found if address is not None]
 
 
-def parse(xml: str):
-    """A domain definition parsed (None: not XML)."""
+def parse(xml: str, uuid: str):
+    """The definition of domain `uuid` (as `virsh dumpxml` gave it) parsed. Not XML is an
+    error: what such a domain holds is unknown, and a plan that went on without it could take
+    devices from under a running guest."""
     try:
         return etree.fromstring(xml.encode())
-    except etree.XMLSyntaxError:
-        return None
+    except etree.XMLSyntaxError as exc:
+        raise DomainXmlError(
+            f"libvirt domain {uuid}: its XML (`virsh dumpxml {uuid}`) does not parse ({exc}), "
+            f"so which devices it holds is unknown and vela stops here: look at that "
+            f"domain on the host, fix or undefine it, then run `pulumi up` again") from None

@@ -186,10 +186,10 @@ def domains_using(domains: dict[str, str], addresses: set[str],
                   network: str | None) -> dict[str, list[str]]:
     """Domain name -> what it holds of the pool: VFs by address, or the pool's network."""
     users: dict[str, list[str]] = {}
-    for xml in domains.values():
-        root = libvirt.parse(xml)
-        if root is None:
-            continue
+    for uuid, xml in domains.items():
+        if not xml.strip():
+            continue  # undefined between `virsh list` and its `virsh dumpxml`: holds nothing
+        root = libvirt.parse(xml, uuid)
         name = root.findtext("name") or "?"
         held = [address for address in libvirt.passthrough_addresses(root)
                 if address in addresses]
