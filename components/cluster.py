@@ -16,7 +16,6 @@ reboots and VM boots do not wait in one line of 4.
 
 from __future__ import annotations
 
-import re
 import zlib
 from typing import Any
 
@@ -26,7 +25,8 @@ from providers.gpu_vm import GpuVm
 from providers.host_tuning import HostTuning
 from providers.sriov_pool import SriovPool
 
-from .cluster_spec import ClusterArgs, ClusterNode, NodeShape
+# port_slug lives with the shape, whose validation refuses two ports with one pool name.
+from .cluster_spec import ClusterArgs, ClusterNode, NodeShape, port_slug
 
 DYNAMIC_PACKAGE = "pulumi-python"
 
@@ -111,12 +111,6 @@ class VelaCluster(pulumi.ComponentResource):
 
     def _opts(self, provider, **options) -> pulumi.ResourceOptions:
         return pulumi.ResourceOptions(parent=self, provider=provider, **options)
-
-
-def port_slug(port: str) -> str:
-    """A NIC port as a resource-name part: `ens1f0`, or `pci-0000-3b-00-0`."""
-    slug = re.sub(r"[^a-z0-9]+", "-", port.lower()).strip("-")
-    return f"pci-{slug}" if ":" in port else slug
 
 
 def host_tuning_inputs(args: ClusterArgs, shape: NodeShape) -> dict[str, Any]:

@@ -13,19 +13,68 @@ node `vmsPerNode` defaults to 0 and any VM is refused, as is `hostTuning.vfio: t
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from types import SimpleNamespace
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from providers.gpu_vm.spec import Guest, Image, KernelBoot
+from providers.sriov_pool.observe import paths as pool_paths
 from providers.validate import interface_name, pci_address
 
 from .inventory import NodeSpec, repeated_names
 
+_CLUSTER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+# Keys the cluster sets for each resource from its node, its port or its VM. A pass-through
+# object (hostTuning, sriovPool, gpuVm: the same for every node) that set one would point
+# every node's resource at one host, or give two resources one name, PF or VM identity.
+_CONNECTION = ("address", "port", "user", "hostKey")
+_WHY = {**dict.fromkeys(_CONNECTION, "each node's connection comes from its entry in vela:nodes "
+                                     "(or the inventory file)"),
+        "name": "the cluster names each resource after its node (NODE-host, NODE-vmI)",
+        "pf": "the cluster makes one pool per port of shape.nicPorts",
+        "node": "the cluster sets it to the node's name (VF MACs derive from it)",
+        "cluster": "the cluster sets it from vela:clusterName (VF MACs derive from it)",
+        "vfs": "the cluster offers each VM the VFs of its node's pools",
+        "hostShare": "the cluster gives each VM its part of the node (shape.vmsPerNode)",
+        "numaNodes": "the cluster gives each VM its part of the node (shape.vmsPerNode)"}
+_IDENTITY = (*_CONNECTION, "name", "pf", "node", "cluster")
+RESERVED = {"hostTuning": _IDENTITY, "sriovPool": _IDENTITY,
+            "gpuVm": (*_IDENTITY, "vfs", "hostShare", "numaNodes")}
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
+
+
+def cluster_name(value: str) -> str:
+    if not isinstance(value, str) or not _CLUSTER_NAME.match(value):
+        raise ValueError(f"{value!r} is not a valid cluster name: use 1 to 31 lower-case "
+                         f"letters, digits and '-', starting with a letter or digit (it names "
+                         f"the cluster's resources, and its VFs' MACs derive from it)")
+    return value
+
+
+def port_slug(port: str) -> str:
+    """A NIC port as a resource-name part: `ens1f0`, or `pci-0000-3b-00-0`."""
+    slug = re.sub(r"[^a-z0-9]+", "-", port.lower()).strip("-")
+    return f"pci-{slug}" if ":" in port else slug
+
+
+def pool_files(port: str) -> str:
+    """The systemd unit SriovPool writes for a PF: its other files (script, hook, originals)
+    share the unit's stem. Asked of SriovPool itself (its paths depend on the PF alone), so
+    this check follows any change in how it names them."""
+    return pool_paths(SimpleNamespace(pf=port))["unit"]
 
 
 def _port_name(value: str) -> str:
@@ -57,10 +106,26 @@ class NodeShape(_Model):
         self.nic_ports = [_port_name(port) for port in self.nic_ports]
         if len(set(self.nic_ports)) != len(self.nic_ports):
             raise ValueError(f"nicPorts repeats a port: {self.nic_ports}")
+        self._distinct_pools()
         if self.vms_per_node and not self.whole_nodes and (self.vcpus is None
                                                            or self.memory_gib is None):
             raise ValueError("give vcpus and memoryGib for each VM, or wholeNodes: true")
         return self
+
+    def _distinct_pools(self) -> None:
+        """Each port's pool needs a resource name and host files of its own: `ens1.f0` and
+        `ens1-f0` would share SriovPool's files on the host, `ENS1F0` and `ens1f0` one
+        resource name, and each pool would overwrite (or delete) the other's."""
+        for what, name_of in (("resource name NODE-", port_slug), ("unit file ", pool_files)):
+            seen: dict[str, str] = {}
+            for port in self.nic_ports:
+                other = seen.setdefault(name_of(port), port)
+                if other != port:
+                    raise ValueError(
+                        f"nicPorts {other!r} and {port!r} would give their SriovPools one "
+                        f"{what}{name_of(port)}, and one pool would overwrite the other: "
+                        f"name each port once, by its PCI address (as `lspci -D` prints it) "
+                        f"where interface names differ only in case or punctuation")
 
 
 class ClusterNode(NodeSpec):
@@ -72,7 +137,7 @@ class ClusterNode(NodeSpec):
 class ClusterArgs(_Model):
     """Everything VelaCluster builds from."""
 
-    name: str = Field(default="vela", pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")
+    name: Annotated[str, AfterValidator(cluster_name)] = "vela"
     nodes: list[ClusterNode]
     shape: NodeShape
     mode: Literal["vm", "baremetal"] = "vm"
@@ -92,6 +157,18 @@ class ClusterArgs(_Model):
     # process runs 4 calls at once; set it when the stack is created and keep it.
     provider_shards: int = Field(default=0, ge=0, le=256)
 
+    @field_validator("host_tuning", "sriov_pool", "gpu_vm")
+    @classmethod
+    def _no_identity(cls, value: dict[str, Any], info) -> dict[str, Any]:
+        key = to_camel(info.field_name)
+        # to_camel: `host_key` would reach the resource as hostKey (its inputs take both).
+        taken = [name for name in value if to_camel(name) in RESERVED[key]]
+        if taken:
+            raise ValueError("; ".join(
+                f"{name} cannot be set here: {_WHY[to_camel(name)]}" for name in taken)
+                + f". Remove {', '.join(taken)} from vela:{key}")
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _no_vms_by_default_on_bare_metal(cls, data: Any) -> Any:
@@ -109,7 +186,14 @@ class ClusterArgs(_Model):
     def _nodes(self) -> ClusterArgs:
         repeated = repeated_names(self.nodes)
         if repeated:
-            raise ValueError(f"node names must be unique; repeated: {repeated}")
+            raise ValueError(f"nodes: node names must be unique; repeated: {repeated}")
+        hosts: dict[tuple[str, int], str] = {}
+        for node in self.nodes:
+            first = hosts.setdefault((node.address, node.port), node.name)
+            if first != node.name:
+                raise ValueError(f"nodes: {first} and {node.name} have the same address and "
+                                 f"port, {node.address}:{node.port}; two nodes cannot be one "
+                                 f"host")
         for node in self.nodes:
             self.shape_of(node)
         self._bare_metal()
@@ -161,7 +245,8 @@ def _host_mode(data: dict[str, Any]) -> Any:
 
 
 def problems(exc: ValidationError) -> str:
-    """One line per error: the key (none for an error of the whole config), then the reason."""
+    """One line per error: the key (none for an error of the whole config), then the reason;
+    never the input value."""
     return "; ".join(
         ("{}: ".format(".".join(map(str, error["loc"]))) if error["loc"] else "")
         + re.sub(r"^Value error, ", "", error["msg"]) for error in exc.errors())

@@ -127,7 +127,7 @@ def test_exports():
      r"vela:nodes\[0\] is invalid: port.*TCP port"),
     ({"vela:nodes": [{"name": "n", "address": "10.0.0.1"}]}, r"hostKey: Field required"),
     ({"vela:nodes": [{"name": "a", "address": "10.0.0.1", "hostKey": HOST_KEY}] * 2},
-     r"repeated: \['a'\]"),
+     r"vela:nodes\[1\]\.name: 'a' is already the name of vela:nodes\[0\]"),
     ({"vela:nodes": {"name": "a"}}, r"must be a list"),
     ({"vela:shape": {"vmsPerNode": 1}}, r"give vcpus and memoryGib for each VM, or wholeNodes"),
     ({"vela:shape": {"nicPorts": ["bad;port"], "wholeNodes": True}}, r"NIC port 'bad;port'"),
