@@ -18,6 +18,8 @@ from .ssh import SshHost
 # A random UUID the kernel makes once per boot: a different value means a different boot, and
 # reading it needs nothing but a shell (proc(5): /proc/sys/kernel/random/boot_id).
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
+# How often a long wait says it is still waiting (and why: the last poll's answer).
+PROGRESS_EVERY = 30.0
 
 
 class BootTimeout(HostError, TimeoutError):
@@ -47,9 +49,11 @@ def wait_for_new_boot(host: Host, before: str | None, deadline: float, *, poll: 
     return it. Raises `BootTimeout` after `deadline` seconds.
 
     `check()` runs before every poll and ends the wait by raising (the lab: QEMU exited, the
-    kernel panicked); `progress(line)` hears that the host is back and after how long."""
+    kernel panicked); `progress(line)` hears every PROGRESS_EVERY s that the host is not back
+    yet and why, and that it is back and after how long."""
     started = time.monotonic()
     last: Exception | None = None
+    note_at = started + PROGRESS_EVERY
     while True:
         if check is not None:
             check()
@@ -66,6 +70,12 @@ def wait_for_new_boot(host: Host, before: str | None, deadline: float, *, poll: 
             last = None
         if time.monotonic() - started >= deadline:
             break
+        if progress is not None and time.monotonic() >= note_at:
+            note_at += PROGRESS_EVERY
+            why = str(last).splitlines()[0].removeprefix(f"{host.name}: ") if last \
+                else "it still answers from the old boot"
+            progress(f"{host.name}: not back after {time.monotonic() - started:.0f} s of "
+                     f"{deadline:g} s ({why})")
         time.sleep(poll)
     state = f"last error: {last}" if last else "it still answers from the boot it was in"
     raise BootTimeout(host.name, f"did not answer over SSH in a new boot within {deadline:g} s "
