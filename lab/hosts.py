@@ -33,7 +33,7 @@ from providers.host.reboot import (
     wait_for_new_boot,
 )
 
-from .image import Image, cache_dir, ensure_image
+from .image import Image, cache_dir, current_image, ensure_image
 from .machine import OVMF_VARS, HostSpec, qemu_argv
 from .qmp import Qmp, QmpError
 
@@ -91,6 +91,12 @@ class Lab:
         """Hosts lab-0 .. lab-(count-1) running (created where missing), SSH ready."""
         if count < 1:
             raise LabError("a lab needs at least one host")
+        cached = current_image()
+        if cached.ready:
+            log(f"lab image: cached at {cached.directory}")
+        else:
+            log("lab image: not built for this recipe yet: building it (needs root; about "
+                "100 s on 2 cores)")
         image = ensure_image(log)
         self._client_key()
         accel = accelerator(image, log)
@@ -103,6 +109,8 @@ class Lab:
                 started.add(host.name)
         self.write_inventory()
         if wait:
+            log(f"lab: waiting for SSH on {', '.join(host.name for host in hosts)} (up to "
+                f"{BOOT_DEADLINE:.0f} s each; a note every 30 s while one is not up)")
             # One thread per host: each wait touches only its own host's connection.
             with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
                 list(pool.map(lambda host: self.wait_for_ssh(
@@ -158,6 +166,8 @@ class Lab:
         if not wait:
             request_reboot(self.ssh_host(host))
             return
+        log(f"{host.name}: rebooting from inside; waiting up to {BOOT_DEADLINE:.0f} s for SSH "
+            f"in a new boot")
         with self._watched(host, BOOT_DEADLINE) as (ssh, check):
             reboot_and_wait(ssh, BOOT_DEADLINE, poll=POLL_SECONDS, progress=log, check=check)
 
@@ -165,6 +175,7 @@ class Lab:
         """Cut the power and turn it back on: QEMU quits at once and starts again with the same
         disk, NVRAM and port."""
         host = self.host(index)
+        log(f"{host.name}: cutting the power, then starting it again")
         self._stop(host)
         self._start(host)
         if wait:
