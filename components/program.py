@@ -120,7 +120,7 @@ def _unknown_key(name: str) -> str:
     by_lower = {key.lower(): key for key in KNOWN_KEYS}
     close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
     if close:
-        return f"vela:{name} is not a vela setting: did you mean vela:{by_lower[close[0]]}?"
+        return f"vela:{name} is not a vela setting (did you mean vela:{by_lower[close[0]]}?)"
     return (f"vela:{name} is not a vela setting (vela reads "
             f"{', '.join(f'vela:{key}' for key in KNOWN_KEYS)})")
 
