@@ -75,7 +75,7 @@ class Converger(Generic[O]):
     check: Callable[[Snapshot[O]], list[str]] | None = None
     # Around each reboot: make the host safe to reboot (guests stopped, or refuse), and bring
     # back what was stopped once it is up again.
-    before_reboot: Callable[[Snapshot[O]], object] | None = None
+    before_reboot: Callable[[Snapshot[O], Plan], object] | None = None
     after_reboot: Callable[[object], None] | None = None
 
     def converge(self, snapshot: Snapshot[O], *, first: list[str] = (),
@@ -88,7 +88,8 @@ class Converger(Generic[O]):
         stalled = None  # what a reboot that had nothing to apply left pending
         while self._reboot_wanted(outcome, stalled):
             stalled = outcome.plan.pending if not outcome.plan.changes else None
-            stopped = self.before_reboot(outcome.snapshot) if self.before_reboot else None
+            stopped = self.before_reboot(outcome.snapshot, outcome.plan) \
+                if self.before_reboot else None
             try:
                 progress.report(f"rebooting ({outcome.reboots + 1} of at most {MAX_REBOOTS})",
                                 f"for {progress.listing(outcome.plan.reasons())}; waiting up "
@@ -105,6 +106,8 @@ class Converger(Generic[O]):
             finally:  # what was stopped comes back even when the boot's apply failed
                 if self.after_reboot:
                     self.after_reboot(stopped)
+            if stopped:  # what came back is running again: the next reboot must see it
+                self._refresh(outcome, number=1)
         progress.begin("verifying")
         self._verify(outcome)
         if finish:

@@ -68,9 +68,14 @@ class Pending(BaseModel):
     subject: str = ""
     detail: str
 
+    @property
+    def what(self) -> str:
+        """The kind of setting in words ("kernel command line", "firmware")."""
+        return _CAUSE_NAMES[self.cause]
+
     def __str__(self) -> str:
         subject = f" {self.subject}" if self.subject else ""
-        return f"{_CAUSE_NAMES[self.cause]}{subject}: {self.detail}"
+        return f"{self.what}{subject}: {self.detail}"
 
 
 class Plan(BaseModel):

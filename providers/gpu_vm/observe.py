@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from lxml import etree
 
 from ..common import libvirt, shell
+from ..common.domains import owner
 from ..common.records import decoded, records
 from .spec import GpuVmArgs
-from .xml.domain import VELA_NS
 
 VOLUMES = "/var/lib/libvirt/images/vela"
 
@@ -84,7 +84,7 @@ class Domain:
 
     @property
     def ours(self) -> bool:
-        return self.root.find(f"metadata/{{{VELA_NS}}}owner") is not None
+        return owner(self.root) is not None
 
     @property
     def running(self) -> bool:

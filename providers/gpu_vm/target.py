@@ -101,7 +101,7 @@ def domain_spec(spec: GpuVmArgs, observed: VmObservations, current: Domain | Non
         disk=where["disk"] if spec.image else None,
         kernel=boot.kernel if boot else None, initrd=boot.initrd if boot else None,
         cmdline=boot.cmdline if boot else None, seed=where["seed"], network=spec.network,
-        console_log=where["console"])
+        console_log=where["console"], shutdown_timeout=spec.shutdown_timeout)
 
 
 def pinned_cpus(observed: VmObservations, except_name: str) -> dict[int, str]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..common import shell
+from ..common import libvirt, shell
+from ..common.domains import DEFAULT_SHUTDOWN_TIMEOUT, owner, shutdown_timeout
 from ..common.records import decoded, records
 from ..common.selectors import PRESETS
 from .firmware import FirmwareDevice, FirmwareOutputError, parse_query
@@ -64,6 +65,12 @@ if [ -r "$R/proc/modules" ]; then
   while read -r module _rest; do
     case " $WATCHED_MODULES " in *" $module "*) emit module "$module" loaded - ;; esac
   done < "$R/proc/modules"
+fi
+# Running guests, which a reboot would kill: their definitions say whose they are.
+if [ -z "$R" ] && command -v virsh > /dev/null 2>&1; then
+  for uuid in $(virsh -c qemu:///system -q list --state-running --uuid 2>/dev/null); do
+    emit running "$uuid" xml "$(virsh -c qemu:///system dumpxml "$uuid" 2>/dev/null | base64 -w0)"
+  done
 fi
 if command -v grubby > /dev/null 2>&1 && [ "$R" = "" ]; then
   emit grubby - args "$(grubby --info=DEFAULT 2>/dev/null \
@@ -124,6 +131,24 @@ class FirmwareQuery:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class RunningDomain:
+    """A running libvirt guest: vela's (GpuVm made it) or someone else's."""
+
+    name: str
+    ours: bool
+    shutdown_timeout: int = DEFAULT_SHUTDOWN_TIMEOUT
+
+
+def running_domain(uuid: str, xml: str) -> RunningDomain | None:
+    """None for a guest that stopped between the listing and its dumpxml (no XML)."""
+    if not xml.strip():
+        return None
+    root = libvirt.parse(xml, uuid)
+    return RunningDomain(name=root.findtext("name") or "?", ours=owner(root) is not None,
+                         shutdown_timeout=shutdown_timeout(root))
+
+
 @dataclass
 class Observations:
     boot_id: str = ""
@@ -134,6 +159,7 @@ class Observations:
     modules: set[str] = field(default_factory=set)
     grubby_args: str | None = None
     firmware: dict[str, FirmwareQuery] = field(default_factory=dict)
+    running: list[RunningDomain] = field(default_factory=list)  # libvirt guests running now
 
     @property
     def unit_enabled(self) -> bool:
@@ -166,6 +192,10 @@ def parse_observations(text: str) -> Observations:
             observed.grubby_args = value
         elif kind == "firmware":
             _firmware(observed, subject, name, value)
+        elif kind == "running" and name == "xml":
+            domain = running_domain(subject, decoded(value))
+            if domain is not None:
+                observed.running.append(domain)
     return observed
 
 

@@ -18,10 +18,11 @@ from pulumi.dynamic import ReadResult
 from ..common import originals as saved
 from ..common.converge import Converger, Outcome, look
 from ..common.dynamic import HostResourceProvider
-from ..common.plan import Snapshot
+from ..common.plan import Round, Snapshot
 from ..errors import HostTuningError
 from ..facts.models import HostFacts
 from ..host import Host
+from . import guests
 from .observe import (
     ORIGINALS_DIRS,
     ORIGINALS_FILE,
@@ -102,7 +103,10 @@ def converger(host: Host, spec: HostTuningArgs, target_for,
                      plan_for=lambda now, at: plan_round(target_for(now), now, at),
                      error=HostTuningError, apply_timeout=APPLY_TIMEOUT, reboots=spec.reboot,
                      reboot_timeout=spec.reboot_timeout, hints={"hugepages": HUGEPAGES_HINT},
-                     check=check)
+                     check=check,
+                     before_reboot=lambda now, pending: guests.before_reboot(
+                         host, spec, now.observed, pending.pending),
+                     after_reboot=lambda stopped: guests.start_guests(host, stopped))
 
 
 def converge_desired(host: Host, spec: HostTuningArgs, props: dict,
@@ -115,6 +119,11 @@ def converge_desired(host: Host, spec: HostTuningArgs, props: dict,
     if problems:
         raise HostTuningError(f"{host.name}: preflight found {len(problems)} problem(s); "
                               f"nothing was changed:\n - " + "\n - ".join(problems))
+    first = plan_round(desired, now, Round(booted=False, number=0))
+    if first.reboots_required:
+        refusal = guests.reboot_refusal(host.name, spec, now.observed, first.pending)
+        if refusal:
+            raise HostTuningError(refusal)
     found = _originals(host, previous or {}, now.observed)
     originals = merge_originals(found.model_dump() if found else None,
                                 original_target(desired, now.facts, now.observed))

@@ -103,6 +103,9 @@ class HostTuningArgs(SshTarget):
     sysctls: Annotated[dict[str, str], AfterValidator(_sysctls)] = Field(default_factory=dict)
     reboot: Literal["never", "allowed"] = "never"
     reboot_timeout: int = Field(default=900, ge=60, le=7200)
+    # A reboot stops vela's running guests gracefully and starts them again; a running guest
+    # vela did not make stops the reboot, unless this says the reboot may take it down.
+    reboot_with_other_guests: bool = False
 
     @field_validator("vfio")
     @classmethod

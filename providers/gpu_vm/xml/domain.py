@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lxml.etree import Element, SubElement, tostring
 
+from ...common.domains import VELA_NS
 from ..placement import Layout
 from . import cpu, devices, hostdev, memory, pci, storage
 from .spec import DomainSpec
@@ -83,13 +84,12 @@ def _devices(spec: DomainSpec, layout: Layout) -> Element:
     return element
 
 
-VELA_NS = "https://vela.invalid/libvirt/domain/1"
-
-
 def _vela_metadata(spec: DomainSpec) -> Element:
-    """A marker that this domain is vela's (read and delete refuse anything else)."""
+    """A marker that this domain is vela's (read and delete refuse anything else), with how
+    long its graceful shutdown may take (HostTuning reads it before a host reboot)."""
     element = Element(f"{{{VELA_NS}}}owner", nsmap={"vela": VELA_NS})
     element.set("resource", "GpuVm")
+    element.set("shutdownTimeout", str(spec.shutdown_timeout))
     return element
 
 

@@ -23,3 +23,4 @@ class DomainSpec(BaseModel):
     network: str = "default"
     console_log: str | None = None
     ats_on_controllers: bool = True
+    shutdown_timeout: int = 120  # seconds, recorded in vela's metadata
