@@ -282,7 +282,9 @@ def _secrets(config: pulumi.Config) -> dict[str, Any]:
     SDK tells which keys are secure from the list the engine sends with the config
     (RunRequest.configSecretKeys, or PULUMI_CONFIG_SECRET_KEYS for the language host), through
     `pulumi.runtime.is_config_secret`; `Config.get_secret` only wraps whatever value it finds.
-    So preview warns, and an update (which would write the state) refuses.
+    So preview warns, and an update (which would write the state) refuses. The program cannot
+    keep it out of the backend's update history: the CLI records the stack config there for
+    every update (`pulumi up`, not preview), before and whatever the program does.
     """
     found = {}
     for key in SECRET_KEYS:
@@ -292,9 +294,11 @@ def _secrets(config: pulumi.Config) -> dict[str, Any]:
         if not pulumi.runtime.is_config_secret(full):
             message = (f"{full} is not a secret: it is stored in plain text in the stack file "
                        f"(Pulumi.{pulumi.get_stack()}.yaml), and the engine would copy it in "
-                       f"plain text into the state, so `pulumi up` refuses it. Set it as a "
-                       f"secret: `pulumi config set --secret {full}"
-                       + (" < ~/.ssh/id_ed25519`" if key == "sshPrivateKey" else "`"))
+                       f"plain text into the state, so `pulumi up` refuses it (an update run "
+                       f"with it records it in the backend's update history all the same). Set "
+                       f"it as a secret: `pulumi config set --secret {full}"
+                       + (" < ~/.ssh/id_ed25519`" if key == "sshPrivateKey" else "`")
+                       + ", and replace the key if the stack file or the backend is shared")
             if not pulumi.runtime.is_dry_run():
                 raise ConfigError(message)
             pulumi.log.warn(message)

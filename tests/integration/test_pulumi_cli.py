@@ -31,7 +31,8 @@ from tests.support.cli import CliStack, config_strings
 from tests.support.provider_harness import PROJECT_ROOT
 from tests.support.sshd import free_port, keygen
 
-EMPTY = {"vela:nodes": [], "vela:shape": {"vmsPerNode": 0}}  # a valid cluster of no nodes
+# A cluster of no nodes, valid only because it says so (vela:allowEmpty).
+EMPTY = {"vela:nodes": [], "vela:shape": {"vmsPerNode": 0}, "vela:allowEmpty": "true"}
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 
 
@@ -60,17 +61,107 @@ def test_an_empty_cluster_previews_deploys_refreshes_and_destroys(stack):
     assert stack.resources() == []
 
 
+def test_a_cluster_of_no_nodes_is_refused_and_destroy_needs_no_valid_config(stack):
+    """Without vela:allowEmpty, a config of no nodes fails preview (deploying it would delete
+    every VM and revert every host). `pulumi destroy` does not run the program (the engine
+    destroys from a NullSource: pkg/engine/destroy.go), so it works whatever the config."""
+    without = {key: value for key, value in EMPTY.items() if key != "vela:allowEmpty"}
+    stack.configure(config_strings(without))
+    with pytest.raises(auto.errors.CommandError, match="vela:nodes is an empty list, so this "
+                       "config declares a cluster of no nodes") as failure:
+        stack.preview()
+    assert "pulumi config set vela:allowEmpty true" in str(failure.value)
+    assert "Traceback" not in str(failure.value)
+
+    stack.configure(config_strings(EMPTY))
+    assert stack.up().outputs["summary"]["nodes"] == 0
+    # The config goes bad (a misspelt key, no nodes, no allowEmpty): preview refuses it, and
+    # destroy removes what the stack holds all the same.
+    stack.configure(config_strings({"vela:node": [], "vela:shap": {"vmsPerNode": 0}}))
+    with pytest.raises(auto.errors.CommandError, match=r"vela:shap is not a vela setting \(did "
+                       r"you mean vela:shape\?\)"):
+        stack.preview()
+    assert stack.destroy().changes == {"delete": 2}
+    assert stack.resources() == []
+
+
+NODE = {"name": "n", "address": "10.0.0.1", "hostKey": HOST_KEY}
+
+
 @pytest.mark.parametrize(("key", "value", "words"), [
     ("vela:nodes", [{"name": "n", "address": "10.0.0.1;reboot", "hostKey": "x"}],
      r"vela:nodes\[0\] is invalid: address"),
     ("vela:maxRebootingNodes", "two", r"vela:maxRebootingNodes must be a whole number"),
+    ("vela:maxRebootingNodes", "2.5", r"must be a whole number, got 2\.5: vela does not round "
+                                      r"it, give 2 or 3"),
+    ("vela:providerShards", "1e400", r"got 1e400, which is too large"),
+    ("vela:shap", {"vmsPerNode": 0}, r"vela:shap is not a vela setting \(did you mean "
+                                     r"vela:shape\?\)"),
+    ("vela:gpuVm", {"address": "10.0.0.9"}, r"vela:gpuVm: address cannot be set here"),
+    ("vela:sriovPool", {"pf": "ens9"}, r"vela:sriovPool: pf cannot be set here"),
+    ("vela:hostTuning", {"hostKey": HOST_KEY}, r"vela:hostTuning: hostKey cannot be set here"),
+    ("vela:nodes", [NODE, {**NODE, "name": "m", "port": 22}],
+     r"vela:nodes\[1\] \(m\): address and port 10\.0\.0\.1:22 are already those of "
+     r"vela:nodes\[0\] \(n\)"),
+    ("vela:nodes", [NODE, {**NODE, "address": "10.0.0.2"}],
+     r"vela:nodes\[1\]\.name: 'n' is already the name of vela:nodes\[0\]"),
+    ("vela:shape", {"vmsPerNode": 0, "nicPorts": ["ens1.f0", "ens1-f0"]},
+     r"nicPorts 'ens1\.f0' and 'ens1-f0' would give their SriovPools one resource name"),
+    ("vela:nodeOverrides", {"n": "big"}, r"vela:nodeOverrides\.n must be an object of shape "
+                                         r"fields"),
+    ("vela:clusterName", "Prod_A", r"'Prod_A' is not a valid cluster name: use 1 to 31 "
+                                   r"lower-case letters"),
 ])
 def test_a_bad_config_value_fails_preview_naming_the_key(stack, key, value, words):
-    stack.configure(config_strings({**EMPTY, key: value}))
+    base = {**EMPTY, "vela:nodes": [NODE]} if key == "vela:nodeOverrides" else EMPTY
+    stack.configure(config_strings({**base, key: value}))
     with pytest.raises(auto.errors.CommandError, match=words) as failure:
         stack.preview()
     assert "Traceback" not in str(failure.value)
     assert stack.resources() == []
+
+
+def test_a_private_key_in_a_public_key_field_fails_preview_unrepeated(stack, tmp_path):
+    keygen(tmp_path / "pasted")
+    private = (tmp_path / "pasted").read_text()
+    body = [line for line in private.splitlines() if "-----" not in line]
+    for config in ({"vela:nodes": [{**NODE, "hostKey": private}]},
+                   {"vela:guest": {"sshKeys": [private]}}):
+        stack.configure(config_strings({**EMPTY, **config}))
+        with pytest.raises(auto.errors.CommandError,
+                           match="this is a private key, not an SSH public key") as failure:
+            stack.preview()
+        assert not any(line[:12] in str(failure.value) for line in body)
+
+
+def test_a_wrong_passphrase_fails_preview_as_one(stack, tmp_path):
+    keygen(tmp_path / "locked", passphrase="the right one")
+    secret = ("vela:sshPrivateKey", "vela:sshPrivateKeyPassphrase")
+    stack.configure(config_strings({**EMPTY, "vela:sshPrivateKey": (tmp_path / "locked")
+                                    .read_text(), "vela:sshPrivateKeyPassphrase": "not it"}),
+                    secret_keys=secret)
+    with pytest.raises(auto.errors.CommandError,
+                       match="vela:sshPrivateKey: wrong passphrase for the secret SSH key"):
+        stack.preview()
+
+
+def test_a_key_that_is_not_a_secret_is_warned_about_and_never_deployed(stack, tmp_path):
+    """The engine gives dynamic providers the whole stack config and stores it as the default
+    provider's inputs, secret only where the config is: preview warns, up refuses."""
+    keygen(tmp_path / "plain")
+    key = (tmp_path / "plain").read_text()
+    stack.configure(config_strings({**EMPTY, "vela:sshPrivateKey": key}))
+    preview = stack.stack.preview()
+    assert "warning: vela:sshPrivateKey is not a secret" in preview.stdout
+    assert "pulumi config set --secret vela:sshPrivateKey" in preview.stdout
+    with pytest.raises(auto.errors.CommandError, match="vela:sshPrivateKey is not a secret"):
+        stack.up()
+    # The program stopped before declaring anything: no provider took the key into the state.
+    # (The CLI records an update's config in the backend's history whatever the program does:
+    # the message says to replace the key.)
+    assert not [r for r in stack.resources() if r["type"] != "pulumi:pulumi:Stack"]
+    checkpoints = (stack.state_dir / ".pulumi" / "stacks").rglob("*.json")
+    assert not any(key.splitlines()[1] in path.read_text() for path in checkpoints)
 
 
 def test_the_ssh_key_reaches_the_state_only_encrypted(stack):
