@@ -5,8 +5,10 @@ the VFs carry the names the NCCL topology file and environment give them, and th
 is where NCCL reads it. Both guests are then rebooted (a system reset, what a guest's own
 reboot does under on_reboot=restart) and come back with their tuning and topology file. Applying
 again changes nothing and refresh reads them in sync; a third guest wanting a held GPU and one
-wanting a CPU both guests' vCPUs hold fail clearly, leaving nothing behind; delete removes the
-domains and their volumes.
+wanting a CPU both guests' vCPUs hold fail clearly, leaving nothing behind. Then the host needs
+a reboot (HostTuning): refused, with nothing changed, while a guest vela did not make runs;
+without it, both guests are shut down cleanly, the host reboots, and they come back freshly
+booted with their tuning. Delete removes the domains and their volumes.
 
 The host is prepared as HostTuning and SriovPool would leave it (1 GiB pages reserved at boot and
 served by /dev/hugepages, the VFs bound to vfio-pci), plus libvirt's default NAT network started.
@@ -24,8 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from providers.gpu_vm.provider import GpuVmProvider
+from providers.host_tuning.provider import HostTuningProvider
 from providers.sriov_pool.provider import SriovPoolProvider
-from tests.lab.conftest import booted_lab
+from tests.lab.conftest import booted_lab, host_snapshot
 from tests.support.provider_harness import ProviderCallError, ProviderServer, with_provider
 
 pytestmark = pytest.mark.slow
@@ -186,6 +189,8 @@ def test_two_nested_guests_one_per_socket_survive_a_reboot(lab, tmp_path):
         volumes = host.run(["ls", "/var/lib/libvirt/images/vela"]).text.split()
         assert sorted(volumes) == [f"{name}-seed.iso" for name in names]
 
+        _reboot_with_guests(server, lab_host, host, names, outs)
+
         for (id_, out), name in zip(created, names, strict=True):
             server.delete(name, id_, out)
         for (pool_id, pool), pf in zip(pools, ISOLATED_PFS, strict=True):
@@ -193,3 +198,50 @@ def test_two_nested_guests_one_per_socket_survive_a_reboot(lab, tmp_path):
     listed = host.run(["virsh", "-q", "list", "--all", "--name"]).text
     assert not set(names) & set(listed.split())
     assert host.run(["test", "-e", "/var/lib/libvirt/images/vela"], check=False).exit_code == 1
+
+
+# A guest vela did not make: the lab's minimal kernel and initramfs, no devices.
+TENANT = """<domain type='qemu'><name>tenant</name><memory unit='MiB'>160</memory><vcpu>1</vcpu>
+<os><type arch='x86_64' machine='q35'>hvm</type>
+<kernel>/usr/local/share/vela-guest/vmlinuz</kernel>
+<initrd>/usr/local/share/vela-guest/initrd.img</initrd><cmdline>console=ttyS0</cmdline></os>
+<devices><memballoon model='none'/></devices></domain>"""
+
+
+def _reboot_with_guests(server, lab_host, host, names: list[str], outs: list[dict]) -> None:
+    """HostTuning needs a reboot (vfio-pci.ids and the IOMMU on the command line): with a guest
+    vela did not make running it refuses, changing nothing; without it, vela's two guests are
+    shut down cleanly (their power button: libvirt logs reason=shutdown, not destroyed), the
+    host reboots, and they run again, freshly booted, with their tuning and topology file."""
+    tuning = with_provider(HostTuningProvider(), {
+        **_base(lab_host), "mode": "vm", "reboot": "allowed", "gpuSelector": ["1af4:1110"],
+        "nicSelector": ["8086:10c9"], "acs": False, "maxReadRequest": False,
+        "firmware": {"enabled": False}, "hugepages": {"perNode": {"0": 1, "1": 1}}})
+    inputs, failures = server.check("tuning", {}, tuning)
+    assert failures == []
+    host.run_script(f"cat > /run/tenant.xml << 'EOF'\n{TENANT}\nEOF\n"
+                    "virsh -q define /run/tenant.xml && virsh -q start tenant", timeout=120)
+    before = host_snapshot(host)
+    with pytest.raises(ProviderCallError, match=r"a reboot is needed .* but guest\(s\) vela did "
+                                                r"not make are running: tenant\. .*Nothing was "
+                                                r"changed"):
+        server.create("tuning", inputs)
+    assert host_snapshot(host) == before
+    host.run_script("virsh -q destroy tenant && virsh -q undefine tenant", timeout=120)
+
+    boot = host.run(["cat", "/proc/sys/kernel/random/boot_id"]).text
+    _, tuned = server.create("tuning", inputs)
+    assert tuned["reboots"] >= 1
+    assert host.run(["cat", "/proc/sys/kernel/random/boot_id"]).text != boot
+    for node, (name, out) in enumerate(zip(names, outs, strict=True)):
+        assert host.run(["virsh", "domstate", name]).text.split()[0] == "running"
+        log = host.run(["cat", f"/var/log/libvirt/qemu/{name}.log"]).text
+        assert "shutting down, reason=shutdown" in log and "reason=destroyed" not in log, \
+            log[-2000:]
+        # The console log starts again with the guest: one boot, younger than the host's.
+        first, = _guest_boots(host, name, 1)
+        _assert_tuned(first, out, node)
+        ready = re.search(r"VELA-GUEST-READY \S+ \S+ uptime=([\d.]+)", _console(host, name))
+        host_uptime = float(host.run(["cut", "-d", " ", "-f", "1", "/proc/uptime"]).text)
+        assert ready and float(ready.group(1)) < host_uptime
+
