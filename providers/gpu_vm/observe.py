@@ -18,6 +18,7 @@ from ..common.records import decoded, records
 from .spec import GpuVmArgs
 
 VOLUMES = "/var/lib/libvirt/images/vela"
+FAILED = "/var/lib/vela/failed"
 
 _SCRIPT = r'''
 # -- GpuVm observations ---------------------------------------------------------------------
@@ -54,12 +55,14 @@ fi
 
 def paths(spec: GpuVmArgs) -> dict[str, str]:
     return {"disk": f"{VOLUMES}/{spec.name}.qcow2", "seed": f"{VOLUMES}/{spec.name}-seed.iso",
-            "console": f"/var/log/libvirt/qemu/vela-{spec.name}-console.log"}
+            "console": f"/var/log/libvirt/qemu/vela-{spec.name}-console.log",
+            # what `vela_vm_define` keeps when libvirt refuses a definition
+            "failed": f"{FAILED}/{spec.name}.xml"}
 
 
 def observe_script(spec: GpuVmArgs) -> str:
     where = paths(spec)
-    watched = [where["disk"], where["seed"]]
+    watched = [where["disk"], where["seed"], where["failed"]]
     if spec.kernel_boot:
         watched += [spec.kernel_boot.kernel, spec.kernel_boot.initrd]
     return "\n".join([
@@ -76,7 +79,8 @@ class Domain:
 
     @property
     def root(self):
-        return etree.fromstring(self.xml.encode())
+        """The definition parsed; XML that does not parse is an error naming the domain."""
+        return libvirt.parse(self.xml, self.uuid)
 
     @property
     def name(self) -> str:

@@ -13,7 +13,7 @@ import base64
 
 from ..common import shell
 from ..common.plan import Change, Plan, Round
-from .observe import VOLUMES, VmObservations, owned_fields, paths
+from .observe import FAILED, VOLUMES, VmObservations, owned_fields, paths
 from .spec import GpuVmArgs
 from .target import DomainTarget
 
@@ -85,7 +85,7 @@ def plan_removal(spec: GpuVmArgs, observed: VmObservations) -> Plan:
                                                 spec.shutdown_timeout),
                                      shell.call("vela_virsh", "undefine", "--nvram",
                                                 spec.name)]))
-    for path in (where["disk"], where["seed"]):
+    for path in (where["disk"], where["seed"], where["failed"]):
         if path in observed.present:
             changes.append(Change(kind="volume", subject=path, detail="remove",
                                   calls=[shell.call("vela_remove_file", path)]))
@@ -93,8 +93,8 @@ def plan_removal(spec: GpuVmArgs, observed: VmObservations) -> Plan:
 
 
 def removal_finish() -> list[str]:
-    """Once the guest and its volumes are gone: vela's volume directory, if left empty."""
-    return [shell.call("vela_remove_empty_dirs", VOLUMES)]
+    """Once the guest and its volumes are gone: vela's directories, if left empty."""
+    return [shell.call("vela_remove_empty_dirs", VOLUMES, FAILED, "/var/lib/vela")]
 
 
 def drift(desired: str, actual: str) -> list[str]:

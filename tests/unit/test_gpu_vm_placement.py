@@ -333,3 +333,18 @@ def test_pages_promised_to_a_defined_guest_not_yet_running_are_not_free(hgx):
         assert pages == (["host NUMA node 0 has 4 free 1 GiB huge page(s) once defined guests "
                           "not yet running take their 60; guest cell 0 needs 8"]
                          if problem else [])
+
+
+def test_delete_removes_a_definition_libvirt_refused_earlier():
+    """`vela_vm_define` keeps a refused definition in /var/lib/vela/failed/NAME.xml for the
+    user to read; deleting the guest removes it with the volumes, and the directories if empty."""
+    from providers.gpu_vm.observe import VmObservations, paths
+    from providers.gpu_vm.plan import plan_removal, removal_finish
+
+    spec = _spec(name="vm")
+    where = paths(spec)
+    observed = VmObservations(present={where["seed"], where["failed"]})
+    removal = plan_removal(spec, observed)
+    assert [(c.subject, c.detail) for c in removal.changes] == [
+        (where["seed"], "remove"), ("/var/lib/vela/failed/vm.xml", "remove")]
+    assert "/var/lib/vela/failed" in removal_finish()[0]
