@@ -10,7 +10,7 @@ the next node only with this node's guests back.
 
 from __future__ import annotations
 
-from ..common import shell
+from ..common import progress, shell
 from ..common.plan import Pending
 from ..errors import HostTuningError
 from ..host import Host
@@ -51,6 +51,8 @@ def stop_guests(host: Host, observed: Observations) -> list[RunningDomain]:
     """Shut vela's running guests down before the reboot; returns them, to start again."""
     ours = [domain for domain in observed.running if domain.ours]
     if ours:
+        progress.report("shutting guests down for the reboot",
+                        ", ".join(f"{d.name} (within {d.shutdown_timeout} s)" for d in ours))
         calls = [shell.call("vela_vm_stop", domain.name, domain.shutdown_timeout)
                  for domain in ours]
         timeout = sum(domain.shutdown_timeout for domain in ours) + 120
@@ -62,6 +64,7 @@ def start_guests(host: Host, stopped: list[RunningDomain] | None) -> None:
     """Start again the guests `stop_guests` stopped, and wait until each is running."""
     if not stopped:
         return
+    progress.report("starting the guests again", ", ".join(d.name for d in stopped))
     calls = [shell.call("vela_vm_start_running", domain.name, START_TIMEOUT)
              for domain in stopped]
     try:
