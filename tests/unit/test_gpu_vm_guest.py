@@ -209,7 +209,9 @@ net = root / "sys/class/net"
 
 IP = '''
 # ip link set dev NAME (down|up|name NEW|mtu N|qlen N): as the kernel, renaming only a link
-# that is down (EBUSY) and to a free name (EEXIST).
+# that is down (EBUSY) and to a free name (EEXIST): net/core/dev.c dev_change_name() returns
+# -EBUSY for an IFF_UP device (unless IFF_LIVE_RENAME_OK, which VF drivers do not set) and
+# dev_get_valid_name() -EEXIST for a name in use; iproute2 prints "RTNETLINK answers: ...".
 assert args[:3] == ["link", "set", "dev"], args
 name, verb = args[3], args[4]
 link = net / name
@@ -234,6 +236,8 @@ else:
 '''
 
 RDMA = '''
+# rdma dev set OLD name NEW: drivers/infiniband/core/device.c ib_device_rename() refuses a name
+# another device has (-EEXIST) and, unlike a netdev, allows renaming a device in use.
 assert args[:2] == ["dev", "set"] and args[3] == "name", args
 for device in root.glob("sys/bus/pci/devices/*/infiniband/" + args[2]):
     if (device.parent / args[4]).exists() or list(root.glob(
