@@ -1,0 +1,140 @@
+"""The acceptance benchmark of a deployed stack: one command after `pulumi up`.
+
+    .venv/bin/python -m acceptance --stack dev --record-baseline baseline.json
+        (on the nodes as bare metal: the stack deployed with `vela:mode: baremetal`)
+    .venv/bin/python -m acceptance --stack dev --baseline baseline.json [--threshold 0.05]
+        [--min-size 1048576] [--out acceptance-out] [--plan auto|gpu|network] [--key FILE]
+
+Writes into --out: result.json (what was measured), and with a baseline verdict.json,
+table.txt and acceptance.png/.svg (bus bandwidth per size, VM against baseline). Exit status:
+0 when every gated point reaches (1 - threshold) of the baseline, 1 when one does not, 2 when
+the run could not be compared (no baseline, an error). The plan is `network` (iperf3) on the
+lab, which has no GPUs, and `gpu` (nccl-tests, CUDA samples) elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .compare import (
+    DEFAULT_MIN_SIZE,
+    DEFAULT_THRESHOLD,
+    RunResult,
+    compare,
+    read_result,
+    table,
+    write_json,
+)
+from .plan import Machine, Options, Runner, execute, gpu_plan, network_plan
+from .stack import StackInfo
+
+
+class SshRunner:  # pragma: no cover - needs machines to log in to
+    """Runs each command over SSH (providers/host: `SshHost`, whose `run` quotes every word)."""
+
+    def __init__(self, key: str, known_hosts: str | None) -> None:
+        from providers.host.keys import KeyFile
+
+        self.key = KeyFile(key)
+        self.known_hosts = known_hosts
+
+    def run(self, machine: Machine, argv: Sequence[str], *, timeout: float,
+            stdin: bytes | None = None) -> str:
+        from providers.host.ssh import SshHost
+
+        host = SshHost(machine.address, client_key=self.key, port=machine.port,
+                       user=machine.user, pinned_host_keys=machine.host_keys,
+                       known_hosts=None if machine.host_keys else self.known_hosts,
+                       name=machine.name,
+                       sudo=False)
+        return host.run(list(argv), timeout=timeout, stdin=stdin).text
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m acceptance",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--stack", required=True)
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--baseline", type=Path, help="a result recorded on bare metal")
+    which.add_argument("--record-baseline", type=Path,
+                       help="run on the stack's hosts as bare metal and keep the result here")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                        help="allowed shortfall against the baseline (0.05: 5%%)")
+    parser.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE,
+                        help="smallest nccl-tests message size (bytes) the verdict gates")
+    parser.add_argument("--out", type=Path, default=Path("acceptance-out"))
+    parser.add_argument("--plan", choices=["auto", "gpu", "network"], default="auto")
+    parser.add_argument("--key", default=os.path.expanduser("~/.ssh/id_ed25519"),
+                        help="private key that logs in to the VMs (and hosts)")
+    parser.add_argument("--known-hosts", default=os.path.expanduser("~/.ssh/known_hosts"))
+    parser.add_argument("--max-bytes", default="8G", help="nccl-tests -e")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None, *, runner: Runner | None = None,
+         read: Callable[[str], StackInfo] | None = None) -> int:
+    options = parse_args(argv)
+    if not 0 <= options.threshold < 1:
+        print(f"acceptance: --threshold {options.threshold} is not a fraction between 0 and 1 "
+              "(0.05 means 5%)", file=sys.stderr)
+        return 2
+    try:
+        baseline = read_result(options.baseline) if options.baseline else None
+        if read is None:
+            from .stack import read_stack as read
+        info = read(options.stack)
+        result = _run(options, info, runner or SshRunner(options.key, options.known_hosts))
+    except ValueError as exc:
+        print(f"acceptance: {exc}", file=sys.stderr)
+        return 2
+    write_json(options.out / "result.json", result)
+    if options.record_baseline:
+        write_json(options.record_baseline, result)
+        print(f"acceptance: baseline recorded in {options.record_baseline}")
+        return 0
+    if baseline is None:
+        print(f"acceptance: measured, but nothing to compare with (results in "
+              f"{options.out / 'result.json'}): pass --baseline FILE, recorded earlier with "
+              "--record-baseline on the same nodes as bare metal", file=sys.stderr)
+        return 2
+    return _verdict(options, result, baseline)
+
+
+def _run(options: argparse.Namespace, info: StackInfo, runner: Runner) -> RunResult:
+    plan = options.plan if options.plan != "auto" else ("network" if info.lab else "gpu")
+    baremetal = options.record_baseline is not None
+    machines = info.hosts if baremetal else info.vms
+    if baremetal and not machines:
+        raise ValueError(f"stack {info.name} names no hosts (vela:nodes or vela:inventoryFile) "
+                         "to record a bare-metal baseline on")
+    settings = Options(max_bytes=options.max_bytes)
+    hostfile = "".join(f"{m.address} slots={m.slots}\n" for m in machines) if baremetal \
+        else info.hostfile
+    steps = gpu_plan(machines, hostfile, settings) if plan == "gpu" \
+        else network_plan(machines, settings)
+    return execute(steps, runner, stack=info.name, plan=plan,
+                   environment="baremetal" if baremetal else "vm", timeout=settings.timeout)
+
+
+def _verdict(options: argparse.Namespace, result: RunResult, baseline: RunResult) -> int:
+    if baseline.plan != result.plan:
+        print(f"acceptance: the baseline ran the {baseline.plan} plan and this run the "
+              f"{result.plan} plan: record the baseline with the same --plan", file=sys.stderr)
+        return 2
+    verdict = compare(result, baseline, threshold=options.threshold, min_size=options.min_size)
+    text = table(verdict)
+    write_json(options.out / "verdict.json", verdict)
+    (options.out / "table.txt").write_text(text)
+    from .chart import write_chart
+
+    write_chart(verdict, options.out)
+    print(text, end="")
+    return 0 if verdict.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
