@@ -145,6 +145,18 @@ def cpu_ranges(cpus: list[int]) -> str:
     return ",".join(parts)
 
 
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
+def contents(kinds: list[str]) -> str:
+    """"2 GPUs · 1 NIC": how many devices of each kind (ports and the like not counted)."""
+    names = {"gpu": "GPU", "nic": "NIC", "vf": "NIC VF", "nvswitch": "NVSwitch",
+             "device": "other device"}
+    return " · ".join(plural(kinds.count(kind), name) for kind, name in names.items()
+                      if kind in kinds)
+
+
 def _gib(kib: int | None) -> str:
     return f"{kib / GIB_KIB:.0f} GiB" if kib else "memory ?"
 
@@ -224,7 +236,7 @@ class _Host:
             self.tone_of[device.address] = len(self.tone_of)
             inside = Cluster(id=f"switch:{device.address}", kind="switch",
                              tone=self.tone_of[device.address], lines=[
-                                 f"PCIe switch {device.address}", device.vendor_device])
+                                 f"PCIe switch {device.address} ({device.vendor_device})"])
             container.clusters.append(inside)
         node = Node(id=f"h:{device.address}", kind=device.port_type or "bridge",
                     lines=[PORT_NAMES.get(device.port_type or "", "bridge"), device.address],
@@ -236,6 +248,10 @@ class _Host:
                 child_id = self._place(child, inside)
                 if child_id and Edge(tail=node.id, head=child_id, kind="tree") not in self.edges:
                     self.edges.append(Edge(tail=node.id, head=child_id, kind="tree"))
+        if inside is not container:
+            # What the switch holds, in its title: the GPU-NIC groups show from afar.
+            inside.lines.append(contents([node.kind for inner in inside.walk()
+                                          for node in inner.nodes]))
         return node.id
 
     def _endpoint(self, device: PciDevice, container: Cluster) -> str:
@@ -262,7 +278,7 @@ class _Host:
         title = {"gpu": "GPU", "nvswitch": "NVSwitch", "nic": "NIC"}.get(
             kind, PCI_BASE_CLASSES.get(functions[0].base_class, "device"))
         if len(functions) > 1:
-            title += f" ×{len(functions)} functions"
+            title += f", {len(functions)} functions"
         lines = [title, where, " ".join(ids)]
         nets = [name for function in functions for name in function.net]
         if nets:
@@ -316,7 +332,7 @@ def _guest(index: int, guest: GuestLayout, facts: HostFacts,
     prefix = f"g{index}"
     top = Cluster(id=prefix, kind="guest", lines=[
         f"guest {guest.name}",
-        f"{layout.vcpus} vCPUs · {_gib(layout.memory_kib)}"
+        f"{plural(layout.vcpus, 'vCPU')} · {_gib(layout.memory_kib)}"
         + ("" if layout.nvlink is None else f" · NVLink {'yes' if layout.nvlink else 'no'}")])
     edges: list[Edge] = []
     node_of: dict[str, str] = {}
@@ -377,6 +393,7 @@ def _guest_switch(prefix: str, root: Node, port: GuestSwitch, host: _Host, edges
     up = Node(id=f"{prefix}:up:{upstream}", kind="upstream_port", lines=["upstream port"])
     switch.nodes.append(up)
     edges.append(Edge(tail=root.id, head=up.id, kind="tree", mirrored=True))
+    switch.lines.append(contents([device.kind for device in port.devices]))
     for device in port.devices:
         down = Node(id=f"{prefix}:down:{device.host_address}", kind="downstream_port",
                     lines=["downstream port"])
@@ -390,7 +407,7 @@ def _guest_switch(prefix: str, root: Node, port: GuestSwitch, host: _Host, edges
 
 def _guest_device(prefix: str, device: GuestDevice) -> Node:
     title = {"gpu": "GPU", "vf": "NIC VF", "nvswitch": "NVSwitch"}.get(device.kind, device.kind)
-    lines = [title, device.guest_address or "guest address ?", f"host {device.host_address}"]
+    lines = [title, f"guest {device.guest_address or '?'}", f"host {device.host_address}"]
     if device.kind == "vf":
         lines.append("GPUDirect (one switch)" if device.gpudirect else "no GPU on its switch")
     return Node(id=f"{prefix}:{device.host_address}", kind=device.kind, lines=lines,

@@ -129,35 +129,50 @@ def _edge(edge: Edge) -> str:
 
 
 def _legend(picture: Picture) -> list[str]:
-    """Only what the picture shows, so the legend never explains something absent."""
+    """One table node, listing only what the picture shows (a legend never explains something
+    absent). A table, not sample nodes and edges: Graphviz places those anywhere it likes."""
     present = picture.kinds()
-    nodes: list[Node] = [Node(id=f"legend:{kind}", kind=kind, lines=[NAMES[kind]])
-                         for kind in NAMES if kind in present]
+    rows = []
+    for kind, name in NAMES.items():
+        if kind in present:
+            _, fill, line = KINDS[kind]
+            rows.append(_row(f'<td bgcolor="{fill}" color="{line}" border="2">{_html(name)}'
+                             f'</td>', _html(SHAPES[kind])))
+    if "gpudirect" in present:
+        rows.append(_row(f'<td bgcolor="{KINDS["vf"][1]}" color="{PAIR}" border="3">NIC VF'
+                         f'</td>', "a guest VF under the same host switch as its GPU: "
+                         "GPUDirect"))
     if "acs" in present:
-        nodes.append(Node(id="legend:acs", kind="downstream_port", marks=["acs"],
-                          lines=["bridge on a GPU-NIC path"]))
+        rows.append(_row(f'<td bgcolor="{ACS_FILL}" color="{ACS_LINE}" border="2">ACS set</td>',
+                         "bridge on a GPU-NIC path: HostTuning writes its ACS control"))
     if "path" in present:
-        nodes.append(Node(id="legend:path", kind="downstream_port", marks=["path"],
-                          lines=["bridge on a GPU-NIC path"]))
-    edges = [(kind, text) for kind, text in [
-        ("pair", "GPU-NIC pair (one PCIe switch: GPUDirect)"),
-        ("pair_cpu", "guest GPU's NIC through the CPU"),
-        ("passthrough", "passed through to the guest")] if kind in present]
-    out = ['  subgraph "cluster_legend" {',
-           '    label="legend" style="rounded" color="#bbbbbb" fontsize=12;']
-    out += ["    " + _node(node) for node in nodes]
-    for kind, text in edges:
-        out.append(f'    "legend:{kind}:a" [shape=point width=0.05 color="#ffffff"];')
-        out.append(f'    "legend:{kind}:b" [shape=plaintext fontsize=9 label={quote(text)}];')
-    for kind, _ in edges:
-        attributes = {key: value for key, value in _edge_style(kind).items()
-                      if key != "constraint"}
-        out.append(f'    "legend:{kind}:a" -> "legend:{kind}:b" [{_attributes(attributes)}];')
-    # One column (a rank, in a left-to-right graph), in the order above.
-    # Flat edges run bottom to top there: reversed, the first entry is on top.
-    column = ([node.id for node in nodes] + [f"legend:{kind}:a" for kind, _ in edges])[::-1]
-    out.append("    {rank=same; " + " ".join(quote(id_) for id_ in column) + "}")
-    for above, below in zip(column, column[1:], strict=False):
-        out.append(f"    {quote(above)} -> {quote(below)} [style=invis];")
-    out.append("  }")
-    return out
+        rows.append(_row(f'<td color="{ACS_LINE}" border="2" style="dashed">no ACS</td>',
+                         "bridge on a GPU-NIC path whose ACS is not set (no ACS controls, "
+                         "or acs: false)"))
+    for kind, colour, sample, text in [
+            ("pair", PAIR, "━━━━", "GPU-NIC pair: one PCIe switch, GPUDirect"),
+            ("pair_cpu", PAIR_CPU, "─ ─ ─", "a guest GPU's NIC through the CPU"),
+            ("passthrough", PASSTHROUGH, "- - ▸", "passed through to the guest")]:
+        if kind in present:
+            rows.append(_row(f'<td border="0"><font color="{colour}"><b>{sample}</b></font>'
+                             f'</td>', text))
+    rows.append(_row('<td bgcolor="#eeeeee" color="#777777" border="2">switch</td>',
+                     "a PCIe switch (one fill per host switch; its guest mirror has the same)"))
+    table = ('<table border="0" cellborder="1" cellspacing="3" cellpadding="4">'
+             '<tr><td colspan="2" border="0"><b>legend</b></td></tr>' + "".join(rows) +
+             "</table>")
+    return [f'  "legend" [shape=plaintext fontsize=10 label=<{table}>];']
+
+
+SHAPES = {"gpu": "a GPU (box)", "nic": "a NIC HostTuning pairs with GPUs (card)",
+          "vf": "a NIC virtual function in a guest (card)", "nvswitch": "an NVSwitch (octagon)",
+          "device": "a device vela does not place (page)",
+          "summary": "a root complex's other devices, counted (folder)"}
+
+
+def _row(sample: str, text: str) -> str:
+    return f'<tr>{sample}<td border="0" align="left">{text}</td></tr>'
+
+
+def _html(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
