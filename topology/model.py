@@ -285,7 +285,7 @@ class _Host:
             lines.append(" ".join(nets))
         vfs = sum(len(function.virtfns) for function in functions)
         if vfs:
-            lines.append(f"{vfs} VFs")
+            lines.append(plural(vfs, "VF"))
         return kind, lines
 
     def pair_edges(self) -> list[Edge]:

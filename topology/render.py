@@ -156,8 +156,10 @@ def _legend(picture: Picture) -> list[str]:
         if kind in present:
             rows.append(_row(f'<td border="0"><font color="{colour}"><b>{sample}</b></font>'
                              f'</td>', text))
-    rows.append(_row('<td bgcolor="#eeeeee" color="#777777" border="2">switch</td>',
-                     "a PCIe switch (one fill per host switch; its guest mirror has the same)"))
+    if any(cluster.kind in {"switch", "guest_switch"} for cluster in picture.clusters()):
+        rows.append(_row('<td bgcolor="#eeeeee" color="#777777" border="2">switch</td>',
+                         "a PCIe switch (one fill per host switch; its guest mirror has the "
+                         "same)"))
     table = ('<table border="0" cellborder="1" cellspacing="3" cellpadding="4">'
              '<tr><td colspan="2" border="0"><b>legend</b></td></tr>' + "".join(rows) +
              "</table>")

@@ -21,7 +21,7 @@ from providers.host_tuning.observe import Observations
 from providers.host_tuning.spec import HostTuningArgs
 from providers.host_tuning.target import desired_target, select_topology
 from tests.support.hgx import hgx_a100
-from tests.support.layouts import ibm_hgx_a100
+from tests.support.layouts import amd_epyc_host, ibm_hgx_a100
 from tests.support.recorded import RECORDED
 from topology.__main__ import build, main, read_facts
 from topology.domain import DomainReadError, guest_layout
@@ -146,6 +146,16 @@ def test_ibm_sample_has_two_switches_without_a_nic_and_pairs_only_in_the_others(
     paired = {tail for tail, _ in _host_pairs(drawn)}
     assert paired == {f"h:{gpu.rsplit('.', 1)[0]}" for label in ("dd", "b5")
                       for gpu in layout.labels[label].gpus}
+
+
+def test_a_host_without_switches_has_no_pairs_and_no_switch_in_its_legend(tmp_path_factory):
+    """The ASUS EPYC server: GPUs and NICs straight on root ports. HostTuning pairs nothing
+    (no shared switch), so the picture has no pair edge and no switch."""
+    facts, _ = _facts(amd_epyc_host(), tmp_path_factory)
+    drawn = picture(facts, select_topology(_tuning(), facts))
+    assert {"gpu", "nic"} <= drawn.kinds()
+    assert not _switches(drawn) and not _host_pairs(drawn)
+    assert "PCIe switch (one fill" not in dot(drawn)
 
 
 # -- a guest beside its host -----------------------------------------------------------------
