@@ -103,8 +103,14 @@ EXAMPLES = {
 
 def test_the_example_inputs_are_what_the_fixtures_give():
     for name, content in example_inputs().items():
-        assert (DOCS / name).read_text() == content, \
-            f"docs/topology/{name} is stale: python -m tests.unit.test_topology_docs"
+        committed = (DOCS / name).read_text()
+        if name.endswith(".facts.txt"):
+            # As facts: gather.sh lists sysfs in directory order, which a file system may
+            # change; the facts it gives do not.
+            same = read_facts(committed) == read_facts(content)
+        else:
+            same = committed == content
+        assert same, f"docs/topology/{name} is stale: python -m tests.unit.test_topology_docs"
 
 
 def test_the_example_pictures_are_what_the_command_draws():
