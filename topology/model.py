@@ -17,7 +17,7 @@ What a picture shows and why:
 - Edges: the PCIe tree, each HostTuning GPU-NIC pair, each guest GPU's NIC (GPUDirect or
   through the CPU), and host device -> guest device for what a guest has passed through.
 - Marks: the bridges peer-to-peer traffic of a pair crosses, as HostTuning computes them
-  (`acs_path`): "acs" where HostTuning writes ACS control (the port has ACS controls and
+  (`gpu_nic_paths`): "acs" where HostTuning writes ACS control (the port has ACS controls and
   `acs` is on), "path" where it crosses a bridge it cannot (or, with `acs` off, does not) set.
 """
 
@@ -36,7 +36,7 @@ from providers.gpu_vm.placement import (
     gpu_nic_pairs,
     nvswitches,
 )
-from providers.host_tuning.target import ACS_MASK, Topology, acs_path
+from providers.host_tuning.target import ACS_MASK, Topology, gpu_nic_paths
 
 GIB_KIB = 1024 * 1024
 NO_NODE = "none"  # the cluster of root complexes whose devices report no NUMA node (-1)
@@ -295,19 +295,14 @@ class _Host:
 
 
 def _bridge_marks(facts: HostFacts, topology: Topology, acs: bool) -> dict[str, list[str]]:
-    """Bridge -> its mark, over the paths between each GPU and every selected NIC under its
-    switch (HostTuning sets ACS on all of them: GPUDirect traffic may use any such NIC)."""
+    """Bridge -> its mark, over HostTuning's own GPU-NIC paths (`gpu_nic_paths`: each GPU to
+    every selected NIC under its switch, all of which get ACS)."""
     marks: dict[str, list[str]] = {}
-    for pair in topology.pairs:
-        if not pair.switch:
-            continue
-        for nic in topology.nic_pfs:
-            if facts.upstream_switch(nic) != pair.switch:
-                continue
-            for bridge in acs_path(facts, pair.model_copy(update={"nic": nic})):
-                caps = facts.pci[bridge].caps if bridge in facts.pci else None
-                settable = bool(caps and caps.acs and caps.acs.capability & ACS_MASK)
-                marks[bridge] = ["acs" if acs and settable else "path"]
+    for path in gpu_nic_paths(facts, topology):
+        for bridge in path:
+            caps = facts.pci[bridge].caps if bridge in facts.pci else None
+            settable = bool(caps and caps.acs and caps.acs.capability & ACS_MASK)
+            marks[bridge] = ["acs" if acs and settable else "path"]
     return marks
 
 

@@ -239,12 +239,16 @@ def acs_path(facts: HostFacts, pair: Pairing) -> list[str]:
     return facts.path_between(pair.gpu, pair.nic) if pair.nic else []
 
 
-def _acs_bridges(facts: HostFacts, topology: Topology) -> list[str]:
+def gpu_nic_paths(facts: HostFacts, topology: Topology) -> list[list[str]]:
     """The bridges between each GPU and every selected NIC under its switch (not only the NIC
-    it is paired with: GPUDirect traffic may use any of them)."""
-    paths = [facts.path_between(pair.gpu, nic) for pair in topology.pairs if pair.switch
-             for nic in topology.nic_pfs if facts.upstream_switch(nic) == pair.switch]
-    bridges = {bridge for path in paths for bridge in path
+    it is paired with: GPUDirect traffic may use any of them), one path per GPU-NIC pair."""
+    return [facts.path_between(pair.gpu, nic) for pair in topology.pairs if pair.switch
+            for nic in topology.nic_pfs if facts.upstream_switch(nic) == pair.switch]
+
+
+def _acs_bridges(facts: HostFacts, topology: Topology) -> list[str]:
+    """The bridges on those paths that have an ACS capability: where ACS control is written."""
+    bridges = {bridge for path in gpu_nic_paths(facts, topology) for bridge in path
                if facts.pci[bridge].caps and facts.pci[bridge].caps.acs}
     return sorted(bridges)
 
