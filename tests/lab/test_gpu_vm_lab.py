@@ -7,8 +7,8 @@ reboot does under on_reboot=restart) and come back with their tuning and topolog
 again changes nothing and refresh reads them in sync; a third guest wanting a held GPU and one
 wanting a CPU both guests' vCPUs hold fail clearly, leaving nothing behind. Then the host needs
 a reboot (HostTuning): refused, with nothing changed, while a guest vela did not make runs;
-without it, both guests are shut down cleanly, the host reboots, and they come back freshly
-booted with their tuning. Delete removes the domains and their volumes.
+without it, both guests are stopped by vela, the host reboots, and they come back, booted after
+the host, with their tuning. Delete removes the domains and their volumes.
 
 The host is prepared as HostTuning and SriovPool would leave it (1 GiB pages reserved at boot and
 served by /dev/hugepages, the VFs bound to vfio-pci), plus libvirt's default NAT network started.
@@ -22,6 +22,7 @@ import hashlib
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import pytest
 
@@ -211,8 +212,9 @@ TENANT = """<domain type='qemu'><name>tenant</name><memory unit='MiB'>160</memor
 def _reboot_with_guests(server, lab_host, host, names: list[str], outs: list[dict]) -> None:
     """HostTuning needs a reboot (vfio-pci.ids and the IOMMU on the command line): with a guest
     vela did not make running it refuses, changing nothing; without it, vela's two guests are
-    shut down cleanly (their power button: libvirt logs reason=shutdown, not destroyed), the
-    host reboots, and they run again, freshly booted, with their tuning and topology file."""
+    stopped before the reboot (asked to shut down, then, since the lab's busybox guest ignores
+    the ACPI power button, powered off at their shutdownTimeout), the host reboots, and they run
+    again, booted after the host, with their tuning and topology file."""
     tuning = with_provider(HostTuningProvider(), {
         **_base(lab_host), "mode": "vm", "reboot": "allowed", "gpuSelector": ["1af4:1110"],
         "nicSelector": ["8086:10c9"], "acs": False, "maxReadRequest": False,
@@ -235,9 +237,15 @@ def _reboot_with_guests(server, lab_host, host, names: list[str], outs: list[dic
     assert host.run(["cat", "/proc/sys/kernel/random/boot_id"]).text != boot
     for node, (name, out) in enumerate(zip(names, outs, strict=True)):
         assert host.run(["virsh", "domstate", name]).text.split()[0] == "running"
+        # Stopped by vela before the reboot, not by it: libvirt's qemu driver logged the stop
+        # (qemuProcessStop) while the old boot was still running.
         log = host.run(["cat", f"/var/log/libvirt/qemu/{name}.log"]).text
-        assert "shutting down, reason=shutdown" in log and "reason=destroyed" not in log, \
-            log[-2000:]
+        stops = re.findall(r"^(\S+ \S+?)\.\d+\+0000: shutting down, reason=(\w+)", log, re.M)
+        booted = int(re.search(r"^btime (\d+)", host.run(["cat", "/proc/stat"]).text,
+                               re.M).group(1))
+        assert len(stops) == 1, log[-2000:]
+        stopped_at = datetime.strptime(stops[0][0], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+        assert stopped_at.timestamp() < booted, (stops, booted)
         # The console log starts again with the guest: one boot, younger than the host's.
         first, = _guest_boots(host, name, 1)
         _assert_tuned(first, out, node)
