@@ -56,11 +56,19 @@ def plan(spec: SriovPoolArgs, target: PoolTarget, facts: HostFacts,
     return Plan(changes=changes)
 
 
-def _refuse_if_in_use(facts: HostFacts, observed: PoolObservations, pf: PciDevice,
-                      target: PoolTarget) -> None:
+def vf_users(observed: PoolObservations, pf: PciDevice, target: PoolTarget) -> dict:
+    """Domain name -> the PF's VFs it holds (its definition names them or the pool's network),
+    where the VF count must change: those guests stand in the way. Pure."""
+    if target.num_vfs == (pf.sriov_numvfs or 0):
+        return {}
     addresses = {vf.address for vf in pf.virtfns}
     network = target.network.name if target.network else None
-    users = domains_using(observed.domains, addresses, network)
+    return domains_using(observed.domains, addresses, network)
+
+
+def _refuse_if_in_use(facts: HostFacts, observed: PoolObservations, pf: PciDevice,
+                      target: PoolTarget) -> None:
+    users = vf_users(observed, pf, target)
     if users:
         listing = "; ".join(f"{name} ({', '.join(held)})" for name, held in sorted(users.items()))
         raise SriovPoolError(f"refusing to change the VF count of {pf.address}: libvirt domains "

@@ -10,10 +10,12 @@ before the first change and in the outputs.
 
 from __future__ import annotations
 
+import time
+
 from pulumi.dynamic import ReadResult
 
 from ..common import originals as saved
-from ..common import shell
+from ..common import progress, shell
 from ..common.converge import Converger, Outcome, look
 from ..common.dynamic import HostResourceProvider
 from ..common.plan import Plan, Snapshot
@@ -28,7 +30,7 @@ from .observe import (
     parse_observations,
     paths,
 )
-from .plan import plan
+from .plan import plan, vf_users
 from .preflight import preflight
 from .spec import SriovPoolArgs
 from .target import PoolTarget, desired_target, find_pf, original_target
@@ -38,6 +40,7 @@ from .target import PoolTarget, desired_target, find_pf, original_target
 # enabled. Disable before enabling"), so a new count destroys every VF first. As a replacement
 # the engine deletes the guests holding the old VFs before the pool, and says so in the plan.
 REPLACE_ON = {"address", "port", "pf", "numVfs"}
+RELEASE_POLL = 5.0  # seconds between looks while guests still hold the VFs
 OUTPUT_KEYS = ["pfDevice", "vfs", "networkName", "changes", "originals", "inSync", "drift"]
 
 
@@ -100,6 +103,9 @@ def converge_desired(host: Host, spec: SriovPoolArgs, props: dict,
     problems = preflight(spec, pf)
     if problems:
         raise SriovPoolError(f"{host.name}: {' '.join(problems)}. Nothing was changed.")
+    now = released(host, spec, now, lambda snapshot, port: desired_target(
+        spec, snapshot.facts, snapshot.observed, port))
+    pf = find_pf(spec, now.facts, now.observed)
     desired = desired_target(spec, now.facts, now.observed, pf)
     originals = _originals(host, spec, previous or {}, now.observed) or original_target(
         spec, desired, now.facts, now.observed, pf)
@@ -111,6 +117,24 @@ def converge_desired(host: Host, spec: SriovPoolArgs, props: dict,
     return outputs(spec, props, done.snapshot, pf, originals, done.plan, done.changes)
 
 
+def released(host: Host, spec: SriovPoolArgs, now: Snapshot[PoolObservations],
+             target_for) -> Snapshot[PoolObservations]:
+    """The host once no guest holds the VFs a count change would remove, waiting up to
+    `releaseTimeout`: the engine may delete a pool at the same moment as the guests that use it
+    (replacing several pools and the VMs that take VFs from all of them, it runs the pools'
+    delete-before-replace chains side by side). Past the deadline the plan refuses, naming them."""
+    deadline = time.monotonic() + spec.release_timeout
+    while time.monotonic() < deadline:
+        pf = find_pf(spec, now.facts, now.observed)
+        users = vf_users(now.observed, pf, target_for(now, pf))
+        if not users:
+            break
+        progress.report("waiting for guests to release the VFs", ", ".join(sorted(users)))
+        time.sleep(RELEASE_POLL)
+        now = observe(host, spec)
+    return now
+
+
 def restore_originals(host: Host, spec: SriovPoolArgs, props: dict) -> Outcome | None:
     """Delete: the VF count and settings the PF had, through the same planner; then the record
     goes. None when nothing was ever changed."""
@@ -118,6 +142,7 @@ def restore_originals(host: Host, spec: SriovPoolArgs, props: dict) -> Outcome |
     originals = _originals(host, spec, props, now.observed)
     if originals is None:
         return None
+    now = released(host, spec, now, lambda *_: originals)
     # qemu.d too when the pool's hook was all it held: no package ships it (Debian 12's
     # libvirt-daemon-system ships /etc/libvirt/hooks, which stays).
     return converger(host, spec, lambda *_: originals).converge(

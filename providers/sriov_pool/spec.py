@@ -111,6 +111,9 @@ class SriovPoolArgs(SshTarget):
     pf_mtu: int | None = Field(default=None, ge=68, le=9216)
     network: Network | None = None
     wait_timeout: int = Field(default=120, ge=5, le=1800)
+    # How long a VF count change (or delete) waits for guests to let the VFs go before it
+    # refuses: the engine may delete the guests at the same moment as the pool.
+    release_timeout: int = Field(default=300, ge=0, le=3600)
     # What the host has, from HostTuning's `nics` output: lets check refuse an unknown port or
     # too many VFs before anything runs (create checks the live host again).
     nic_inventory: list[NicInfo] | None = None

@@ -66,7 +66,8 @@ def test_pool_lifecycle(lab, tmp_path):
     base = {"address": "127.0.0.1", "port": lab_host.spec.ssh_port, "user": "root",
             "hostKey": lab_host.host_key, "pf": PF_NETDEV, "numVfs": 4,
             "cluster": "lab", "node": "lab-0", "network": {"name": "vela-pool"},
-            "nicInventory": [{"address": PF, "interfaces": [PF_NETDEV], "sriovTotalVfs": 7}]}
+            "nicInventory": [{"address": PF, "interfaces": [PF_NETDEV], "sriovTotalVfs": 7}],
+            "releaseTimeout": 10}  # the guest holding a VF below stays: refuse soon
     with ProviderServer(config={"vela:sshPrivateKey": lab.key_path.read_text()},
                         log=tmp_path / "provider.log") as server:
         inputs, failures = server.check("pool", {}, with_provider(SriovPoolProvider(), base))
