@@ -10,35 +10,18 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from providers.facts import gather_facts
 from providers.gpu_vm.placement import PlacementError, gpu_nic_pairs, place
 from providers.gpu_vm.spec import GpuVmArgs
 from providers.gpu_vm.target import cpu_list, locality_notes
-from providers.host import LocalHost
-from tests.support.hgx import hgx_a100
-from tests.support.layouts import dgx_a100, ibm_hgx_a100
+from tests.support.layouts import dgx_a100
+from tests.unit.conftest import gathered
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 
 
-def _facts(built, tmp_path_factory):
-    host, layout = built
-    return gather_facts(LocalHost(str(host.write(tmp_path_factory.mktemp("host"))))), layout
-
-
-@pytest.fixture(scope="module")
-def hgx(tmp_path_factory):
-    return _facts(hgx_a100(nic_vfs=2, hugepages_1g_per_node=64), tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def ibm(tmp_path_factory):
-    return _facts(ibm_hgx_a100(nic_vfs=2), tmp_path_factory)
-
-
 @pytest.fixture(scope="module")
 def dgx(tmp_path_factory):
-    return _facts(dgx_a100(nic_vfs=1), tmp_path_factory)
+    return gathered(dgx_a100(nic_vfs=1), tmp_path_factory)
 
 
 def _spec(**values) -> GpuVmArgs:

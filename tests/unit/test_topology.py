@@ -11,18 +11,16 @@ import shutil
 
 import pytest
 
-from providers.facts import gather_facts
 from providers.gpu_vm.placement import place
 from providers.gpu_vm.spec import GpuVmArgs
 from providers.gpu_vm.xml.domain import domain, render
 from providers.gpu_vm.xml.spec import DomainSpec
-from providers.host import LocalHost
 from providers.host_tuning.observe import Observations
 from providers.host_tuning.spec import HostTuningArgs
 from providers.host_tuning.target import desired_target, select_topology
-from tests.support.hgx import hgx_a100
-from tests.support.layouts import amd_epyc_host, ibm_hgx_a100
+from tests.support.layouts import amd_epyc_host
 from tests.support.recorded import RECORDED
+from tests.unit.conftest import gathered
 from topology.__main__ import build, main, read_facts
 from topology.domain import DomainReadError, guest_layout
 from topology.model import Cluster, GuestLayout, Picture, picture
@@ -31,21 +29,6 @@ from topology.render import dot
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 LAB_FACTS = RECORDED / "gather" / "lab-host-q35-switch.txt"
 LAB_SELECTORS = {"gpu_selector": ["1af4:1110"], "nic_selector": ["8086:10c9"]}
-
-
-def _facts(built, tmp_path_factory):
-    host, layout = built
-    return gather_facts(LocalHost(str(host.write(tmp_path_factory.mktemp("host"))))), layout
-
-
-@pytest.fixture(scope="module")
-def hgx(tmp_path_factory):
-    return _facts(hgx_a100(nic_vfs=2, hugepages_1g_per_node=64), tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def ibm(tmp_path_factory):
-    return _facts(ibm_hgx_a100(nic_vfs=2), tmp_path_factory)
 
 
 def _tuning(**values) -> HostTuningArgs:
@@ -151,7 +134,7 @@ def test_ibm_sample_has_two_switches_without_a_nic_and_pairs_only_in_the_others(
 def test_a_host_without_switches_has_no_pairs_and_no_switch_in_its_legend(tmp_path_factory):
     """The ASUS EPYC server: GPUs and NICs straight on root ports. HostTuning pairs nothing
     (no shared switch), so the picture has no pair edge and no switch."""
-    facts, _ = _facts(amd_epyc_host(), tmp_path_factory)
+    facts, _ = gathered(amd_epyc_host(), tmp_path_factory)
     drawn = picture(facts, select_topology(_tuning(), facts))
     assert {"gpu", "nic"} <= drawn.kinds()
     assert not _switches(drawn) and not _host_pairs(drawn)
