@@ -117,7 +117,15 @@ class VmObservations:
         return None
 
 
-_UNIT_KIB = {"k": 1, "m": 1024, "g": 1024 * 1024}
+# KiB per unit, as libvirt (formatdomain "Memory Allocation": b/bytes, k/KiB, m/MiB, g/GiB,
+# t/TiB; KiB when none is given) and the kernel's hugetlbfs mount options (K, M) write them.
+UNIT_KIB = {"b": 1 / 1024, "bytes": 1 / 1024, "k": 1, "kib": 1, "m": 1024, "mib": 1024,
+            "g": 1024 ** 2, "gib": 1024 ** 2, "t": 1024 ** 3, "tib": 1024 ** 3}
+
+
+def kib(value: str | None, unit: str | None) -> int:
+    """A libvirt memory size in KiB."""
+    return int(int(value or 0) * UNIT_KIB[(unit or "KiB").lower()])
 
 
 def mount_page_size_kib(options: str) -> int | None:
@@ -129,7 +137,7 @@ def mount_page_size_kib(options: str) -> int | None:
     for option in options.split(","):
         match = re.fullmatch(r"pagesize=(\d+)([kKmMgG])", option.strip())
         if match:
-            return int(match.group(1)) * _UNIT_KIB[match.group(2).lower()]
+            return int(match.group(1)) * int(UNIT_KIB[match.group(2).lower()])
     return None
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Literal
 
 from ..facts.models import HostFacts
-from .observe import VmObservations
+from .observe import VmObservations, kib
 from .placement import GIB_KIB, Layout
 from .spec import GpuVmArgs
 
@@ -72,7 +72,7 @@ def promised_hugepages(observed: VmObservations, except_name: str,
         if domain.name == except_name or domain.running:
             continue
         root = domain.root
-        sizes = {_kib(page.get("size"), page.get("unit"))
+        sizes = {kib(page.get("size"), page.get("unit"))
                  for page in root.iterfind("memoryBacking/hugepages/page")}
         if sizes != {page_kib}:
             continue
@@ -81,18 +81,9 @@ def promised_hugepages(observed: VmObservations, except_name: str,
         for cell in root.iterfind("cpu/numa/cell"):
             nodeset = nodes.get(cell.get("id"), "")
             if nodeset.isdigit():
-                pages = _kib(cell.get("memory"), cell.get("unit")) // page_kib
+                pages = kib(cell.get("memory"), cell.get("unit")) // page_kib
                 promised[int(nodeset)] = promised.get(int(nodeset), 0) + pages
     return promised
-
-
-_UNITS_KIB = {"b": 1 / 1024, "bytes": 1 / 1024, "k": 1, "kib": 1, "m": 1024, "mib": 1024,
-              "g": 1024 ** 2, "gib": 1024 ** 2}
-
-
-def _kib(value: str | None, unit: str | None) -> int:
-    """A libvirt memory size in KiB (formatdomain "Memory Allocation": unit defaults to KiB)."""
-    return int(int(value or 0) * _UNITS_KIB.get((unit or "KiB").lower(), 1))
 
 
 PhysBitsMode = Literal["passthrough", "emulate", "none"]
