@@ -18,12 +18,12 @@ def gathered(built, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def hgx(tmp_path_factory):
+def hgx_facts(tmp_path_factory):
     """The HGX A100 fixture with 2 VFs per NIC and 64 free 1 GiB pages per node."""
     return gathered(hgx_a100(nic_vfs=2, hugepages_1g_per_node=64), tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
-def ibm(tmp_path_factory):
+def ibm_facts(tmp_path_factory):
     """IBM's Vela HGX sample: NICs under two of the four switches, 2 VFs per NIC."""
     return gathered(ibm_hgx_a100(nic_vfs=2), tmp_path_factory)

@@ -44,8 +44,8 @@ def _port_of(layout, address):
 
 # -- NVSwitch nodes --------------------------------------------------------------------------
 
-def test_a_guest_with_some_gpus_of_an_nvswitch_node_is_refused_unless_allowed(hgx):
-    facts, layout = hgx
+def test_a_guest_with_some_gpus_of_an_nvswitch_node_is_refused_unless_allowed(hgx_facts):
+    facts, layout = hgx_facts
     with pytest.raises(PlacementError, match=r"6 NVSwitches.*all 8 GPUs; with 4 it has no "
                                              r"NVLink.*allowNoNvlink: true"):
         place(_spec(gpus=4), facts, {})
@@ -57,23 +57,23 @@ def test_a_guest_with_some_gpus_of_an_nvswitch_node_is_refused_unless_allowed(hg
     assert locality_notes(whole)[0] == "NVLink: yes, every GPU and NVSwitch"
 
 
-def test_nvswitches_held_elsewhere_stop_a_whole_node_guest(hgx):
-    facts, layout = hgx
+def test_nvswitches_held_elsewhere_stop_a_whole_node_guest(hgx_facts):
+    facts, layout = hgx_facts
     with pytest.raises(PlacementError, match="NVSwitches are held by domain"):
         place(_spec(gpus=8), facts, {layout.nvswitches[0]: "old-vm"})
 
 
-def test_a_host_without_nvswitches_says_nothing_of_nvlink(ibm):
-    facts, _ = ibm
+def test_a_host_without_nvswitches_says_nothing_of_nvlink(ibm_facts):
+    facts, _ = ibm_facts
     assert place(_spec(gpus=2), facts, {}).nvlink is None
 
 
 # -- GPU-NIC pairs ---------------------------------------------------------------------------
 
-def test_ibm_sample_nics_pair_only_under_their_own_switch(ibm):
+def test_ibm_sample_nics_pair_only_under_their_own_switch(ibm_facts):
     """IBM's sample: NICs under dd and b5 only. Their VFs sit under those switches with the
     GPUs there; the GPUs of c9 and a1 reach a NIC only through the CPU, and say so."""
-    facts, layout = ibm
+    facts, layout = ibm_facts
     vfs = _vfs(facts, [layout.labels["dd"].nic_pfs[0], layout.labels["b5"].nic_pfs[0]])
     placed = place(_spec(gpus=8, vcpus=8, memoryGib=16, vfs=vfs), facts, {})
     for label in ("dd", "b5"):
@@ -93,10 +93,10 @@ def test_ibm_sample_nics_pair_only_under_their_own_switch(ibm):
     assert locality_notes(placed) == ["GPUDirect: 4 of 8 GPU(s) share a PCIe switch with a NIC"]
 
 
-def test_a_vf_without_a_gpu_of_its_switch_gets_its_own_root_port(ibm):
+def test_a_vf_without_a_gpu_of_its_switch_gets_its_own_root_port(ibm_facts):
     """The guest takes c9's GPUs and a VF of the NIC under dd: no shared switch, so the VF is
     on a root port of its own on the same NUMA node's expander, not under c9's mirror."""
-    facts, layout = ibm
+    facts, layout = ibm_facts
     vf = facts.device(layout.labels["dd"].nic_pfs[0]).virtfns[0].address
     placed = place(_spec(gpus=layout.labels["c9"].gpus, vfs=[{"address": vf}]), facts, {})
     complex_, port = _port_of(placed, vf)
@@ -125,8 +125,8 @@ def test_more_vfs_than_gpus_under_a_switch_stay_under_it_shared_out(dgx):
 
 # -- several VMs per node --------------------------------------------------------------------
 
-def test_two_vms_per_two_socket_node_take_a_socket_each(hgx):
-    facts, layout = hgx
+def test_two_vms_per_two_socket_node_take_a_socket_each(hgx_facts):
+    facts, layout = hgx_facts
     vfs = _vfs(facts, layout.nic_pfs)  # every NIC's first VF: each VM takes its node's
     taken: dict[str, str] = {}
     pinned: dict[int, str] = {}
@@ -150,8 +150,8 @@ def test_two_vms_per_two_socket_node_take_a_socket_each(hgx):
     assert not gpus[0] & gpus[1] and len(gpus[0] | gpus[1]) == 8
 
 
-def test_vcpus_avoid_cpus_another_domain_is_pinned_to(hgx):
-    facts, _ = hgx
+def test_vcpus_avoid_cpus_another_domain_is_pinned_to(hgx_facts):
+    facts, _ = hgx_facts
     spec = _spec(gpus=0, vcpus=4, numaNodes=[0])
     first = place(spec, facts, {})
     pinned = {cpu: "first" for cpu in first.cells[0].host_cpus + first.emulator_cpus}
@@ -164,8 +164,8 @@ def test_vcpus_avoid_cpus_another_domain_is_pinned_to(hgx):
         place(spec, facts, {}, pinned=crowded)
 
 
-def test_a_share_needs_as_many_numa_nodes(hgx):
-    facts, _ = hgx
+def test_a_share_needs_as_many_numa_nodes(hgx_facts):
+    facts, _ = hgx_facts
     with pytest.raises(PlacementError, match="3 VMs per host.*2 node.*at most 2 VMs"):
         place(_spec(gpus=0, hostShare={"index": 0, "count": 3}), facts, {})
     with pytest.raises(PlacementError, match=r"numaNodes names node\(s\) \[5\]"):
@@ -244,13 +244,13 @@ def test_two_placements_at_once_define_one_after_the_other(tmp_path):
     assert again.returncode == 0, again.stderr
 
 
-def test_a_new_guest_needs_free_huge_pages_on_each_of_its_nodes(hgx):
+def test_a_new_guest_needs_free_huge_pages_on_each_of_its_nodes(hgx_facts):
     """The HGX fixture reserves 64 free 1 GiB pages per node; a guest of 200 GiB on node 0 does
     not fit, and preflight says where and how many (before anything is written)."""
     from providers.gpu_vm.observe import VmObservations
     from providers.gpu_vm.preflight import preflight
 
-    facts, _ = hgx
+    facts, _ = hgx_facts
     observed = VmObservations(hugetlbfs={"/dev/hugepages": "rw,relatime,pagesize=1024M"},
                               image_format="qcow2", libvirt_version=(9, 0, 0))
     spec = _spec(gpus=0, memoryGib=200, numaNodes=[0])
@@ -261,7 +261,7 @@ def test_a_new_guest_needs_free_huge_pages_on_each_of_its_nodes(hgx):
                 if "huge page" in p]
 
 
-def test_a_whole_node_guest_target_names_its_nics_for_nccl(hgx):
+def test_a_whole_node_guest_target_names_its_nics_for_nccl(hgx_facts):
     """What create outputs and seeds for a whole HGX node: its VFs named vela0..3 in the
     topology file and the environment alike, GPUDirect only where a NIC shares the switch,
     and the plan's define saying the guest has NVLink and GPUDirect on every GPU."""
@@ -272,7 +272,7 @@ def test_a_whole_node_guest_target_names_its_nics_for_nccl(hgx):
     from providers.gpu_vm.plan import plan
     from providers.gpu_vm.target import desired_domain
 
-    facts, layout = hgx
+    facts, layout = hgx_facts
     observed = VmObservations(hugetlbfs={"/dev/hugepages": "rw,relatime,pagesize=1024M"},
                               image_format="qcow2", libvirt_version=(9, 0, 0))
     spec = _spec(gpus=8, vcpus=16, memoryGib=64, vfs=_vfs(facts, layout.nic_pfs[::2]))
@@ -291,7 +291,7 @@ def test_a_whole_node_guest_target_names_its_nics_for_nccl(hgx):
                              "GPUDirect: 8 of 8 GPU(s) share a PCIe switch with a NIC")
 
 
-def test_pages_promised_to_a_defined_guest_not_yet_running_are_not_free(hgx):
+def test_pages_promised_to_a_defined_guest_not_yet_running_are_not_free(hgx_facts):
     """A guest defined a moment before (its start still to come) will take 60 pages of node
     0's 64: the next guest on node 0 sees 4, not 64. A running guest's pages are already
     out of the free count, so they are not subtracted twice."""
@@ -300,7 +300,7 @@ def test_pages_promised_to_a_defined_guest_not_yet_running_are_not_free(hgx):
     from providers.gpu_vm.xml.domain import domain, render
     from providers.gpu_vm.xml.spec import DomainSpec
 
-    facts, _ = hgx
+    facts, _ = hgx_facts
     first = _spec(name="first", gpus=0, memoryGib=60, numaNodes=[0])
     xml = render(domain(DomainSpec(name="first", domain_type="kvm", cpu_model="host-passthrough",
                                    phys_bits_mode="emulate", hugepage_kib=1048576,

@@ -64,8 +64,8 @@ def _host_pairs(drawn: Picture) -> list[tuple[str, str]]:
 
 # -- the HGX A100 host -----------------------------------------------------------------------
 
-def test_hgx_has_four_gpu_switches_of_two_gpus_and_their_nic_each(hgx):
-    facts, layout = hgx
+def test_hgx_has_four_gpu_switches_of_two_gpus_and_their_nic_each(hgx_facts):
+    facts, layout = hgx_facts
     drawn = picture(facts, select_topology(_tuning(), facts))
     switches = _switches(drawn)
     by_upstream = {cluster.id.removeprefix("switch:"): cluster for cluster in switches}
@@ -85,8 +85,8 @@ def test_hgx_has_four_gpu_switches_of_two_gpus_and_their_nic_each(hgx):
     assert len({cluster.tone for cluster in switches}) == len(switches)
 
 
-def test_hgx_pair_edges_join_each_gpu_to_the_nic_of_its_switch(hgx):
-    facts, layout = hgx
+def test_hgx_pair_edges_join_each_gpu_to_the_nic_of_its_switch(hgx_facts):
+    facts, layout = hgx_facts
     topology = select_topology(_tuning(), facts)
     drawn = picture(facts, topology)
     pairs = _host_pairs(drawn)
@@ -99,8 +99,8 @@ def test_hgx_pair_edges_join_each_gpu_to_the_nic_of_its_switch(hgx):
     assert len({head for _, head in pairs}) == len(layout.switches)
 
 
-def test_hgx_acs_marks_are_the_bridges_hosttuning_writes(hgx):
-    facts, _ = hgx
+def test_hgx_acs_marks_are_the_bridges_hosttuning_writes(hgx_facts):
+    facts, _ = hgx_facts
     spec = _tuning()
     topology = select_topology(spec, facts)
     written = {register.address for register in desired_target(
@@ -119,8 +119,8 @@ def test_hgx_acs_marks_are_the_bridges_hosttuning_writes(hgx):
 
 # -- IBM's sample: two switches without a NIC ------------------------------------------------
 
-def test_ibm_sample_has_two_switches_without_a_nic_and_pairs_only_in_the_others(ibm):
-    facts, layout = ibm
+def test_ibm_sample_has_two_switches_without_a_nic_and_pairs_only_in_the_others(ibm_facts):
+    facts, layout = ibm_facts
     drawn = picture(facts, select_topology(_tuning(), facts))
     by_upstream = {cluster.id.removeprefix("switch:"): cluster for cluster in _switches(drawn)}
     for label, group in layout.labels.items():
@@ -149,8 +149,8 @@ def _whole_node_guest(facts, layout):
     return place(_vm(gpus=len(layout.gpus), vfs=vfs), facts, {})
 
 
-def test_a_placed_guest_mirrors_each_host_switch_beside_it(hgx):
-    facts, layout = hgx
+def test_a_placed_guest_mirrors_each_host_switch_beside_it(hgx_facts):
+    facts, layout = hgx_facts
     placed = _whole_node_guest(facts, layout)
     drawn = picture(facts, select_topology(_tuning(), facts), [GuestLayout(name="vm",
                                                                             layout=placed)])
@@ -177,8 +177,8 @@ def test_a_placed_guest_mirrors_each_host_switch_beside_it(hgx):
                if edge.kind == "tree" and edge.tail.startswith("g0:"))
 
 
-def test_a_guest_without_a_gpu_on_its_nics_switch_pairs_through_the_cpu(ibm):
-    facts, layout = ibm
+def test_a_guest_without_a_gpu_on_its_nics_switch_pairs_through_the_cpu(ibm_facts):
+    facts, layout = ibm_facts
     vf = facts.device(layout.labels["dd"].nic_pfs[0]).virtfns[0].address
     placed = place(_vm(gpus=layout.labels["c9"].gpus, vfs=[{"address": vf}]), facts, {})
     drawn = picture(facts, select_topology(_tuning(), facts), [GuestLayout(name="vm",
@@ -198,8 +198,8 @@ def _tree(layout) -> list:
             for complex_ in layout.complexes]
 
 
-def test_domain_xml_reads_back_as_the_layout_it_was_made_from(hgx):
-    facts, layout = hgx
+def test_domain_xml_reads_back_as_the_layout_it_was_made_from(hgx_facts):
+    facts, layout = hgx_facts
     placed = _whole_node_guest(facts, layout)
     spec = DomainSpec(name="vm0", domain_type="kvm", cpu_model="host-passthrough",
                       phys_bits_mode="passthrough", hugepage_kib=1048576, firmware="efi")
@@ -214,8 +214,8 @@ def test_domain_xml_reads_back_as_the_layout_it_was_made_from(hgx):
 
 # -- DOT -------------------------------------------------------------------------------------
 
-def test_dot_draws_clusters_pairs_marks_and_only_the_legend_it_needs(hgx):
-    facts, layout = hgx
+def test_dot_draws_clusters_pairs_marks_and_only_the_legend_it_needs(hgx_facts):
+    facts, layout = hgx_facts
     text = dot(picture(facts, select_topology(_tuning(), facts)))
     assert text.startswith("digraph topology {") and text.endswith("}\n")
     assert text.count('subgraph "cluster_switch:') == len(layout.switches) + 1
@@ -229,8 +229,8 @@ def test_dot_draws_clusters_pairs_marks_and_only_the_legend_it_needs(hgx):
     assert 'label="a \\"quoted\\" \\\\ title"' in quoted
 
 
-def test_mirrored_guest_edges_run_from_device_back_to_root(hgx):
-    facts, layout = hgx
+def test_mirrored_guest_edges_run_from_device_back_to_root(hgx_facts):
+    facts, layout = hgx_facts
     placed = _whole_node_guest(facts, layout)
     text = dot(picture(facts, select_topology(_tuning(), facts),
                        [GuestLayout(name="vm", layout=placed)]))
