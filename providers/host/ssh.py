@@ -7,6 +7,9 @@ dropped connection is re-established at the next command; a command that was run
 dropped fails with `ConnectionLost` (whether it finished is unknown, so it is never re-run).
 `SshHost.drop_connection` closes one host's transport and no other's: what a wait for a host
 that rebooted uses, where closing the whole pool would cut every other host's commands.
+A host reachable only through another (a guest on its hypervisor's private network, a node
+behind a bastion) names it as `via`: its connection is a `direct-tcpip` channel on the jump
+host's pooled transport (what `ssh -J` does), and its own host key is checked as any other's.
 """
 
 from __future__ import annotations
@@ -103,19 +106,7 @@ class _Connection:
     def _connect(self, spec: SshHost) -> paramiko.Transport:
         where = f"{spec.address}:{spec.port}"
         expected = spec.host_keys.expected(spec.address, spec.port)
-        try:
-            sock = socket.create_connection((spec.address, spec.port), spec.connect_timeout)
-        except TimeoutError as exc:
-            raise HostUnreachable(spec.name, (
-                f"no answer from {where} within {spec.connect_timeout:g} s: check the address, "
-                f"that the host is up and that no firewall drops SSH")) from exc
-        except OSError as exc:
-            raise HostUnreachable(spec.name, (
-                f"cannot reach {where}: {exc.strerror or exc}. Check the address and port and "
-                f"that sshd runs on the host")) from exc
-        # Commands are small request/response exchanges: without NODELAY, Nagle's algorithm
-        # and delayed ACKs add ~40 ms to every channel open.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = self._through(spec, where) if spec.via is not None else self._socket(spec, where)
         transport = paramiko.Transport(sock)
         try:
             if expected:
@@ -131,6 +122,38 @@ class _Connection:
         except BaseException:
             transport.close()
             raise
+
+    @staticmethod
+    def _socket(spec: SshHost, where: str) -> socket.socket:
+        try:
+            sock = socket.create_connection((spec.address, spec.port), spec.connect_timeout)
+        except TimeoutError as exc:
+            raise HostUnreachable(spec.name, (
+                f"no answer from {where} within {spec.connect_timeout:g} s: check the address, "
+                f"that the host is up and that no firewall drops SSH")) from exc
+        except OSError as exc:
+            raise HostUnreachable(spec.name, (
+                f"cannot reach {where}: {exc.strerror or exc}. Check the address and port and "
+                f"that sshd runs on the host")) from exc
+        # Commands are small request/response exchanges: without NODELAY, Nagle's algorithm
+        # and delayed ACKs add ~40 ms to every channel open.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    @staticmethod
+    def _through(spec: SshHost, where: str) -> paramiko.Channel:
+        """A channel from the jump host to the target's SSH port (RFC 4254 section 7.2)."""
+        jump = spec.via
+        transport = jump.connection._live_transport(jump)
+        try:
+            return transport.open_channel("direct-tcpip", (spec.address, spec.port),
+                                          ("127.0.0.1", 0), timeout=spec.connect_timeout)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise HostUnreachable(spec.name, (
+                f"{jump.name} could not open a connection to {where} for us ({reason}): check "
+                f"that {where} is up and reachable from {jump.name}, and that the sshd of "
+                f"{jump.name} allows TCP forwarding (AllowTcpForwarding)")) from exc
 
     @staticmethod
     def _handshake(spec: SshHost, transport: paramiko.Transport, expected: list,
@@ -195,7 +218,8 @@ class SshHost(Host):
     def __init__(self, address: str, *, client_key: ClientKey, port: int = 22,
                  user: str = "root", pinned_host_keys: Sequence[str] = (),
                  known_hosts: str | None = None, sysroot: str = "/", name: str | None = None,
-                 connect_timeout: float = 15.0, sudo: bool | None = None) -> None:
+                 connect_timeout: float = 15.0, sudo: bool | None = None,
+                 via: SshHost | None = None) -> None:
         self.address = host_address(address)
         self.port = port_number(port)
         self.user = user_name(user)
@@ -205,11 +229,13 @@ class SshHost(Host):
         self.client_key = client_key
         self.host_keys = HostKeyCheck(pinned_host_keys, known_hosts)
         self.connect_timeout = float(connect_timeout)
+        self.via = via  # the jump host this one is reached through, or None
         label = name or f"{self.user}@{known_hosts_name(self.address, self.port)}"
         super().__init__(label, sysroot, self.user != "root" if sudo is None else sudo)
         self._pool_key = (self.address, self.port, self.user,
                           tuple(key.asbytes() for key in self.host_keys.pinned),
-                          self.host_keys.known_hosts, client_key.identity())
+                          self.host_keys.known_hosts, client_key.identity(),
+                          via._pool_key if via is not None else None)
 
     @property
     def connection(self) -> _Connection:

@@ -243,3 +243,29 @@ def test_connection_settings_are_validated_before_connecting(sshd):
                 dict(address="127.0.0.1", pinned_host_keys=["ssh-ed25519 not-base64!"])]:
         with pytest.raises(ValueError):
             SshHost(client_key=key, **bad)
+
+
+def test_a_host_behind_a_jump_host_is_reached_through_it_with_its_own_key_checked(
+        sshd, ssh_host, tmp_path):
+    # The loopback sshd is both the jump host and the target: the target's connection is a
+    # direct-tcpip channel of the jump's transport, and logs in (and is key-checked) on its own.
+    jump = ssh_host(name="jump")
+    logins = sshd.logins()
+    behind = ssh_host(via=jump, name="behind")
+    assert behind.run(["echo", "through"]).text == "through\n"
+    assert sshd.logins() - logins == 2  # the jump's login, then the target's through it
+    assert behind.connection is not jump.connection
+    other = keygen(tmp_path / "other_host_key")
+    before = sshd.logins()
+    with pytest.raises(HostKeyMismatch, match="HOST KEY CHANGED"):
+        ssh_host(via=jump, name="impostor", pinned_host_keys=[other]).run(["true"])
+    assert sshd.logins() == before  # refused before logging in behind the jump
+
+
+def test_a_target_the_jump_host_cannot_reach_is_named_with_the_jump(ssh_host):
+    jump = ssh_host(name="jump")
+    behind = ssh_host(via=jump, name="behind", port=free_port())
+    with pytest.raises(HostUnreachable) as caught:
+        behind.run(["true"])
+    assert "jump could not open a connection" in str(caught.value)
+    assert "AllowTcpForwarding" in str(caught.value)
