@@ -257,7 +257,10 @@ class Lab:
         if (directory / "host.json").exists():
             return next(host for host in self.hosts() if host.spec.index == index)
         directory.mkdir(parents=True)
-        spec = HostSpec(index=index, directory=directory, ssh_port=_free_port(), accel=accel)
+        before = next((host for host in self.hosts() if host.spec.index == index - 1), None)
+        spec = HostSpec(index=index, directory=directory, ssh_port=_free_port(), accel=accel,
+                        fabric_port=_free_port(),
+                        fabric_uplink=before.spec.fabric_port if before else 0)
         seed = directory / "seed"
         seed.mkdir()
         _keygen(seed / "ssh_host_ed25519_key", spec.name)

@@ -44,6 +44,9 @@ PACKAGES = [
     "dnsmasq-base", "iptables",  # libvirt's NAT network hands guests DHCP leases
     # the minimal nested guest (kernel + initramfs with a static busybox)
     "busybox-static", "cpio",
+    # the acceptance benchmark on the lab: iperf3 host to host, and in the nested guests with
+    # an SSH server (dropbear: small, its libraries copied into the guest's initramfs)
+    "iperf3", "dropbear-bin",
 ]
 # Units that only slow a lab boot down (timers for maintenance jobs, waiting for links).
 MASKED_UNITS = ["apt-daily.timer", "apt-daily-upgrade.timer", "man-db.timer", "fstrim.timer",

@@ -11,7 +11,14 @@ The machine mirrors what matters on an HGX node, scaled down:
   switch ports have no ACS, so VFs under the switch share their PF's group);
 - UEFI firmware (OVMF, with writable NVRAM) booting GRUB from the disk, so kernel command line
   changes go through the host's own update-grub, as on a real server;
-- a virtio management NIC on QEMU's user network with SSH forwarded to a loopback port.
+- a virtio management NIC on QEMU's user network with SSH forwarded to a loopback port;
+- the fabric: the isolated igbs (the ones the dev stack takes VFs from) of every lab host on one
+  Ethernet segment, as a rack's NICs are on one switch. Each host's QEMU hub (`hubport`)
+  joins its two igbs, a stream socket on loopback that the next host connects to, and one to
+  the host before it: a chain of hubs, which forward every frame to all their other ports (QEMU
+  net/hub.c), so any VF or PF reaches any other (the acceptance benchmark's iperf3 runs over
+  it). A host started before the one it connects to, or whose uplink host restarted, is cut
+  off from the hosts before it (the stream client connects once).
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ class HostSpec:
     # whole free 1 GiB block for a huge page.
     memory_mib_per_node: int = 4096
     gpu_bar_mib: int = 1024
+    fabric_port: int = 0  # loopback port the next host's fabric link connects to (0: none)
+    fabric_uplink: int = 0  # the previous host's fabric_port (0: the first host)
 
     @property
     def name(self) -> str:
@@ -67,6 +76,7 @@ def qemu_argv(spec: HostSpec, qemu: str = "qemu-system-x86_64") -> list[str]:
     argv += _boot_disk_and_management(spec)
     for node in range(spec.numa_nodes):
         argv += _gpu_switch(spec, node)
+    argv += _fabric(spec)
     for entry in SEED_ENTRIES:
         argv += ["-fw_cfg", f"name=opt/vela/{entry},file={spec.path('seed') / entry}"]
     argv += ["-display", "none", "-serial", f"file:{spec.path('console.log')}",
@@ -127,6 +137,33 @@ def _gpu_switch(spec: HostSpec, node: int) -> list[str]:
         # of their own and can be passed through to nested guests (the switch ports cannot
         # isolate: QEMU gives them no ACS capability).
         "-device", f"pcie-root-port,id=rp{node}-nic,bus=pxb{node},chassis={chassis + 3},slot=0",
-        "-netdev", f"user,id=sriov{node}-iso,restrict=on",
+        *_fabric_port(spec, f"sriov{node}-iso"),
         "-device", f"igb,id=nic{node}-iso,netdev=sriov{node}-iso,bus=rp{node}-nic",
     ]
+
+
+FABRIC_HUB = "0"
+
+
+def _fabric_port(spec: HostSpec, netdev: str) -> list[str]:
+    """A NIC's backend: a port of the fabric hub, or with no fabric a closed user network."""
+    if not spec.fabric_port:
+        return ["-netdev", f"user,id={netdev},restrict=on"]
+    return ["-netdev", f"hubport,id={netdev},hubid={FABRIC_HUB}"]
+
+
+def _fabric(spec: HostSpec) -> list[str]:
+    """The links of this host's fabric hub: a server the next host connects to, and a client
+    of the previous host's server (QEMU's stream netdev, docs/system/invocation: `-netdev
+    stream`; the server takes a new client when the old one goes)."""
+    if not spec.fabric_port:
+        return []
+    links = [("fabric-down", "on", spec.fabric_port)]
+    if spec.fabric_uplink:
+        links.append(("fabric-up", "off", spec.fabric_uplink))
+    argv = []
+    for name, server, port in links:
+        argv += ["-netdev", f"stream,id={name},server={server},addr.type=inet,"
+                            f"addr.host=127.0.0.1,addr.port={port}",
+                 "-netdev", f"hubport,id={name}-port,hubid={FABRIC_HUB},netdev={name}"]
+    return argv

@@ -67,6 +67,34 @@ def test_machine_shape():
         in argv
 
 
+def _netdevs(argv: list[str]) -> list[str]:
+    return [argv[i + 1] for i, arg in enumerate(argv) if arg == "-netdev"]
+
+
+def test_the_isolated_nics_of_every_host_share_one_fabric_chain():
+    first = qemu_argv(HostSpec(index=0, directory=Path("/l/0"), ssh_port=1, fabric_port=5000))
+    second = qemu_argv(HostSpec(index=1, directory=Path("/l/1"), ssh_port=2, fabric_port=5001,
+                                fabric_uplink=5000))
+    stream = "stream,id={},server={},addr.type=inet,addr.host=127.0.0.1,addr.port={}"
+    hub = [f"hubport,id=sriov{node}-iso,hubid=0" for node in (0, 1)]
+    down = [stream.format("fabric-down", "on", 5000),
+            "hubport,id=fabric-down-port,hubid=0,netdev=fabric-down"]
+    assert [n for n in _netdevs(first) if "iso" in n or "fabric" in n] == hub + down
+    # The NICs under the switches stay on closed user networks of their own.
+    assert "user,id=sriov0,restrict=on" in _netdevs(first)
+    assert [n for n in _netdevs(second) if "fabric" in n] == [
+        stream.format("fabric-down", "on", 5001),
+        "hubport,id=fabric-down-port,hubid=0,netdev=fabric-down",
+        stream.format("fabric-up", "off", 5000),
+        "hubport,id=fabric-up-port,hubid=0,netdev=fabric-up"]
+
+
+def test_a_host_without_a_fabric_port_keeps_closed_networks():
+    argv = qemu_argv(HostSpec(index=0, directory=Path("/l/0"), ssh_port=1))
+    assert "user,id=sriov0-iso,restrict=on" in _netdevs(argv)
+    assert not [n for n in _netdevs(argv) if "fabric" in n or "hubport" in n]
+
+
 def test_kvm_uses_the_host_cpu():
     argv = qemu_argv(HostSpec(index=0, directory=Path("/x"), ssh_port=1, accel="kvm"))
     assert argv[argv.index("-cpu") + 1] == "host"
