@@ -4,21 +4,30 @@
         (on the nodes as bare metal: the stack deployed with `vela:mode: baremetal`)
     .venv/bin/python -m acceptance --stack dev --baseline baseline.json [--threshold 0.05]
         [--min-size 1048576] [--out acceptance-out] [--plan auto|gpu|network] [--key FILE]
+        [--test-network CIDR] [--jump]
 
 Writes into --out: result.json (what was measured), and with a baseline verdict.json,
 table.txt and acceptance.png/.svg (bus bandwidth per size, VM against baseline). Exit status:
 0 when every gated point reaches (1 - threshold) of the baseline, 1 when one does not, 2 when
 the run could not be compared (no baseline, an error). The plan is `network` (iperf3) on the
 lab, which has no GPUs, and `gpu` (nccl-tests, CUDA samples) elsewhere.
+
+A VM's SSH host key is read from its console log on its host (as cloud-init prints it there),
+through the host's pinned key; `--jump` reaches the VMs through their hosts (always so on the
+lab, whose guests are on each host's private network). `--test-network CIDR` gives every
+benchmark interface an address of CIDR first, for a fabric without addressing (the lab's).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from providers.errors import VelaError
 
 from .compare import (
     DEFAULT_MIN_SIZE,
@@ -34,24 +43,46 @@ from .stack import StackInfo
 
 
 class SshRunner:  # pragma: no cover - needs machines to log in to
-    """Runs each command over SSH (providers/host: `SshHost`, whose `run` quotes every word)."""
+    """Runs each command over SSH (providers/host: `SshHost`, whose `run` quotes every word).
+    A VM's host keys come from its console log on its hypervisor, read once per VM."""
 
     def __init__(self, key: str, known_hosts: str | None) -> None:
         from providers.host.keys import KeyFile
 
         self.key = KeyFile(key)
         self.known_hosts = known_hosts
+        self._console_keys: dict[str, tuple[str, ...]] = {}
 
     def run(self, machine: Machine, argv: Sequence[str], *, timeout: float,
             stdin: bytes | None = None) -> str:
+        return self.host(machine).run(list(argv), timeout=timeout, stdin=stdin).text
+
+    def host(self, machine: Machine):
         from providers.host.ssh import SshHost
 
-        host = SshHost(machine.address, client_key=self.key, port=machine.port,
-                       user=machine.user, pinned_host_keys=machine.host_keys,
-                       known_hosts=None if machine.host_keys else self.known_hosts,
-                       name=machine.name,
-                       sudo=False)
-        return host.run(list(argv), timeout=timeout, stdin=stdin).text
+        keys = machine.host_keys or self.console_keys(machine)
+        via = self.host(machine.hypervisor) if machine.jump and machine.hypervisor else None
+        return SshHost(machine.address, client_key=self.key, port=machine.port,
+                       user=machine.user, pinned_host_keys=keys,
+                       known_hosts=None if keys else self.known_hosts,
+                       name=machine.name, sudo=False, via=via)
+
+    def console_keys(self, machine: Machine) -> tuple[str, ...]:
+        from .hostkeys import console_host_keys
+
+        if machine.hypervisor is None or not machine.console_log:
+            return ()
+        if machine.name not in self._console_keys:
+            host = self.host(machine.hypervisor)
+            text = host.run(["cat", machine.console_log], timeout=60).text
+            keys = tuple(console_host_keys(text))
+            if not keys:
+                raise ValueError(
+                    f"{machine.name} printed no SSH host keys on its console "
+                    f"({machine.console_log} on {machine.hypervisor.name}): wait until it has "
+                    "booted, or add its key to your known_hosts file (--known-hosts)")
+            self._console_keys[machine.name] = keys
+        return self._console_keys[machine.name]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -72,6 +103,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="private key that logs in to the VMs (and hosts)")
     parser.add_argument("--known-hosts", default=os.path.expanduser("~/.ssh/known_hosts"))
     parser.add_argument("--max-bytes", default="8G", help="nccl-tests -e")
+    parser.add_argument("--test-network", metavar="CIDR",
+                        help="address each benchmark interface from CIDR first (a fabric with "
+                             "no addresses, as the lab's)")
+    parser.add_argument("--jump", action="store_true",
+                        help="reach the VMs through their hosts (always on the lab)")
     return parser.parse_args(argv)
 
 
@@ -87,8 +123,11 @@ def main(argv: list[str] | None = None, *, runner: Runner | None = None,
         if read is None:
             from .stack import read_stack as read
         info = read(options.stack)
+        if options.jump:
+            info = dataclasses.replace(info, vms=[
+                dataclasses.replace(vm, jump=vm.hypervisor is not None) for vm in info.vms])
         result = _run(options, info, runner or SshRunner(options.key, options.known_hosts))
-    except ValueError as exc:
+    except (ValueError, VelaError) as exc:  # bad input, a host that failed: a message
         print(f"acceptance: {exc}", file=sys.stderr)
         return 2
     write_json(options.out / "result.json", result)
@@ -111,7 +150,7 @@ def _run(options: argparse.Namespace, info: StackInfo, runner: Runner) -> RunRes
     if baremetal and not machines:
         raise ValueError(f"stack {info.name} names no hosts (vela:nodes or vela:inventoryFile) "
                          "to record a bare-metal baseline on")
-    settings = Options(max_bytes=options.max_bytes)
+    settings = Options(max_bytes=options.max_bytes, test_network=options.test_network)
     hostfile = "".join(f"{m.address} slots={m.slots}\n" for m in machines) if baremetal \
         else info.hostfile
     steps = gpu_plan(machines, hostfile, settings) if plan == "gpu" \

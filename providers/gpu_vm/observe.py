@@ -53,9 +53,15 @@ fi
 '''
 
 
+def console_log(name: str) -> str:
+    """Where the guest's serial console is written on its host (the acceptance benchmark reads
+    the guest's SSH host keys there)."""
+    return f"/var/log/libvirt/qemu/vela-{name}-console.log"
+
+
 def paths(spec: GpuVmArgs) -> dict[str, str]:
     return {"disk": f"{VOLUMES}/{spec.name}.qcow2", "seed": f"{VOLUMES}/{spec.name}-seed.iso",
-            "console": f"/var/log/libvirt/qemu/vela-{spec.name}-console.log",
+            "console": console_log(spec.name),
             # what `vela_vm_define` keeps when libvirt refuses a definition
             "failed": f"{FAILED}/{spec.name}.xml"}
 

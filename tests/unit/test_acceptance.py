@@ -44,16 +44,20 @@ class FakeRunner:
             return recorded("benchmarks/cuda-p2pbandwidthlatencytest-2x2080ti-autodl.txt")
         if argv[:2] == ["iperf3", "--client"]:
             return recorded("benchmarks/iperf3-json-tcp-london-sydney.json.txt")
-        return ""  # set-up steps: the hostfile, iperf3 servers
+        if argv[:2] == ["sh", "-c"] and "addr show" in argv[2]:  # a server's address
+            return recorded("ip_addr/ip-4-o-addr-lo-debian12.txt")
+        return ""  # set-up steps: the hostfile, iperf3 servers, test addresses
 
 
-def machines(*names, slots=1, env=None):
-    return [plan.Machine(name=name, address=f"10.0.0.{i + 1}", user="vela", slots=slots,
-                         environment=env or {}) for i, name in enumerate(names)]
+def machines(*names, slots=1, env=None, interface="vela0", user="vela"):
+    return [plan.Machine(name=name, address=f"10.0.0.{i + 1}", user=user, slots=slots,
+                         environment=env or {}, interface=interface)
+            for i, name in enumerate(names)]
 
 
 def info(lab=False):
-    return StackInfo(name="dev", vms=machines("n0-vm0", "n1-vm0"), hosts=machines("n0", "n1"),
+    return StackInfo(name="dev", vms=machines("n0-vm0", "n1-vm0"),
+                     hosts=machines("n0", "n1", interface="0000:45:00.0", user="root"),
                      hostfile="10.0.0.1 slots=1\n10.0.0.2 slots=1\n", lab=lab)
 
 
@@ -81,14 +85,72 @@ def test_gpu_plan_writes_the_stack_hostfile_then_runs_every_benchmark():
     assert steps[0].stdin == b"10.0.0.1 slots=1\n" and steps[0].machine.name == "a"
 
 
-def test_network_plan_is_a_ring_of_iperf3_pairs():
-    steps = plan.network_plan(machines("a", "b", "c"))
-    clients = [shell_command(s.argv) for s in steps if s.parse]
-    assert clients == ["iperf3 --client 10.0.0.2 --json --time 10",
-                       "iperf3 --client 10.0.0.3 --json --time 10",
-                       "iperf3 --client 10.0.0.1 --json --time 10"]
+def test_network_plan_is_a_ring_of_iperf3_pairs_to_test_addresses():
+    options = plan.Options(test_network="10.77.0.0/24")
+    steps = plan.network_plan(machines("a", "b", "c"), options)
+    setup = [(s.machine.name, s.argv[0], s.argv[-2:]) for s in steps if s.title.startswith("test")]
+    assert setup == [("a", "sh", ["vela0", "10.77.0.1/24"]),
+                     ("b", "sh", ["vela0", "10.77.0.2/24"]),
+                     ("c", "sh", ["vela0", "10.77.0.3/24"])]
+    assert "sudo -n" in steps[0].argv[2]  # as root: itself if it is root, else through sudo
+    clients = [shell_command(s.argv({})) for s in steps if s.parse]
+    assert clients == ["iperf3 --client 10.77.0.2 --json --time 10",
+                       "iperf3 --client 10.77.0.3 --json --time 10",
+                       "iperf3 --client 10.77.0.1 --json --time 10"]
     with pytest.raises(ValueError, match="two machines"):
         plan.network_plan(machines("a"))
+    with pytest.raises(ValueError, match="room for 2 machines, not 3"):
+        plan.network_plan(machines("a", "b", "c"), plan.Options(test_network="10.77.0.0/30"))
+    with pytest.raises(ValueError, match="such as 10.77.0.0/24"):
+        plan.network_plan(machines("a", "b"), plan.Options(test_network="10.77.0.1/24"))
+    with pytest.raises(ValueError, match="no benchmark interface for b"):
+        plan.network_plan([*machines("a"), *machines("b", interface="")])
+
+
+def test_without_a_test_network_the_server_address_is_read_on_the_server():
+    runner = FakeRunner()
+    steps = plan.network_plan(machines("a", "b", user="root"))
+    result = plan.execute(steps, runner, stack="dev", environment="vm", plan="network",
+                          progress=lambda line: None)
+    assert [(name, command.split()[0]) for name, command, _ in runner.calls] == [
+        ("b", "sh"), ("b", "iperf3"), ("a", "iperf3")]
+    # The address of b's interface, as `ip -4 -o addr` printed it (127.0.0.1 in the recording).
+    assert runner.calls[-1][1] == "iperf3 --client 127.0.0.1 --json --time 10"
+    assert result.series[0].machine == "a->b"
+
+
+def test_the_server_without_an_address_says_how_to_give_it_one():
+    class NoAddress(FakeRunner):
+        def run(self, machine, argv, *, timeout, stdin=None):
+            return "" if argv[:2] == ["sh", "-c"] else super().run(machine, argv,
+                                                                  timeout=timeout, stdin=stdin)
+    with pytest.raises(ValueError, match="b has no IPv4 address on vela0.*--test-network"):
+        plan.execute(plan.network_plan(machines("a", "b")), NoAddress(), stack="dev",
+                     environment="vm", plan="network", progress=lambda line: None)
+
+
+def test_the_interface_script_finds_a_pfs_netdev_and_brings_it_up(tmp_path):
+    """The set-up script runs under a real sh, against a sysfs tree and an `ip` that records."""
+    import os
+    import subprocess
+
+    sysfs = tmp_path / "sys/bus/pci/devices/0000:45:00.0/net/enp69s0"
+    sysfs.mkdir(parents=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ip").write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/ip.log\n')
+    (bin_dir / "ip").chmod(0o755)
+    host = plan.Machine("n0", "10.0.0.1", "root", interface="0000:45:00.0")
+    vm = plan.Machine("n0-vm0", "10.0.0.9", "root", interface="vela0", hypervisor=host)
+    steps = plan.network_plan([vm, *machines("n1-vm0", user="root")],
+                              plan.Options(test_network="10.77.0.0/24"))
+    for step in steps[:2]:
+        argv = [word.replace("/sys/bus/pci", f"{tmp_path}/sys/bus/pci") for word in step.argv]
+        subprocess.run(argv, check=True,
+                       env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert (tmp_path / "ip.log").read_text().splitlines() == [
+        "link set dev enp69s0 up", "link set dev vela0 up",
+        "-4 addr replace 10.77.0.1/24 dev vela0"]
 
 
 # -- comparison ----------------------------------------------------------------------------------
@@ -164,8 +226,8 @@ def test_lab_runs_the_network_plan(tmp_path, capsys):
     runner = FakeRunner()
     main(["--stack", "dev", "--record-baseline", str(baseline), "--out", str(tmp_path / "bm")],
          runner=runner, read=lambda name: info(lab=True))
-    assert [c[1] for c in runner.calls] == ["iperf3 --server --one-off --daemon",
-                                           "iperf3 --client 10.0.0.2 --json --time 10"]
+    assert [c[1] for c in runner.calls][1:] == ["iperf3 --server --one-off --daemon",
+                                               "iperf3 --client 127.0.0.1 --json --time 10"]
     assert main(["--stack", "dev", "--baseline", str(baseline), "--out", str(tmp_path / "vm")],
                 runner=FakeRunner(), read=lambda name: info(lab=True)) == 0
     assert "iperf3     n0-vm0->n1-vm0" in capsys.readouterr().out
@@ -216,3 +278,23 @@ def test_stack_info_says_what_is_missing():
         stack_info("dev", {}, {})
     with pytest.raises(ValueError, match="no address yet"):
         stack_info("dev", {"vmAddresses": {"n0-vm0": []}}, {})
+
+
+def test_each_vm_knows_its_host_interface_and_console_and_the_lab_jumps():
+    outputs = {"vmAddresses": {"n0-vm0": ["192.168.122.5"], "n0-vm1": ["192.168.122.6"],
+                               "n0-vm1-vm0": ["192.168.122.7"]},
+               "ncclEnvironment": {"n0-vm0": {"NCCL_SOCKET_IFNAME": "=vela0,vela1"},
+                                   "n0-vm1": {"NCCL_SOCKET_IFNAME": "^docker"}}}
+    nodes = [{"name": "n0", "address": "192.0.2.10", "hostKey": HOST_KEY},
+             {"name": "n0-vm1", "address": "192.0.2.11", "hostKey": HOST_KEY}]
+    config = {"vela:nodes": json.dumps(nodes),
+              "vela:shape": json.dumps({"nicPorts": ["0000:45:00.0", "0000:85:00.0"]})}
+    found = stack_info("prod", outputs, config)
+    assert [(m.name, m.interface, m.hypervisor.name, m.jump) for m in found.vms] == [
+        ("n0-vm0", "vela0", "n0", False), ("n0-vm1", "", "n0", False),
+        ("n0-vm1-vm0", "", "n0-vm1", False)]  # the longest node name that fits owns it
+    assert found.vms[0].console_log == "/var/log/libvirt/qemu/vela-n0-vm0-console.log"
+    assert [h.interface for h in found.hosts] == ["0000:45:00.0", "0000:45:00.0"]
+    lab = stack_info("dev", outputs, {**config, "vela:labHosts": "2"})
+    assert all(vm.jump for vm in lab.vms) and lab.lab
+    assert all(vm.jump for vm in stack_info("prod", outputs, config, jump=True).vms)
