@@ -256,8 +256,8 @@ class Lab:
         directory = self.hosts_dir / f"lab-{index}"
         if (directory / "host.json").exists():
             return next(host for host in self.hosts() if host.spec.index == index)
-        directory.mkdir(parents=True)
         before = next((host for host in self.hosts() if host.spec.index == index - 1), None)
+        directory.mkdir(parents=True)
         spec = HostSpec(index=index, directory=directory, ssh_port=_free_port(), accel=accel,
                         fabric_port=_free_port(),
                         fabric_uplink=before.spec.fabric_port if before else 0)

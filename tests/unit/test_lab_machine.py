@@ -142,3 +142,20 @@ def test_mirrors_come_from_the_machine(tmp_path):
     empty.mkdir()
     with pytest.raises(RuntimeError, match="no Debian 'bookworm' entry"):
         debian_sources("bookworm", empty)
+
+
+def test_each_new_host_links_its_fabric_to_the_one_before_and_keeps_it(tmp_path):
+    from lab.hosts import Lab
+    from lab.image import Image
+
+    image = Image(tmp_path / "image", "test")
+    image.directory.mkdir()
+    image.disk.write_bytes(b"\0" * 65536)
+    lab = Lab(tmp_path / "lab")
+    lab._client_key()
+    first, second = lab._host(0, image, "tcg"), lab._host(1, image, "tcg")
+    assert first.spec.fabric_port and not first.spec.fabric_uplink
+    assert second.spec.fabric_uplink == first.spec.fabric_port != second.spec.fabric_port
+    # Read back from host.json, as a later command sees them.
+    assert [host.spec for host in Lab(tmp_path / "lab").hosts()] == [first.spec, second.spec]
+    assert lab._host(1, image, "tcg").spec == second.spec
