@@ -103,6 +103,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="private key that logs in to the VMs (and hosts)")
     parser.add_argument("--known-hosts", default=os.path.expanduser("~/.ssh/known_hosts"))
     parser.add_argument("--max-bytes", default="8G", help="nccl-tests -e")
+    parser.add_argument("--seconds", type=int, default=10, help="iperf3 --time (network plan)")
     parser.add_argument("--test-network", metavar="CIDR",
                         help="address each benchmark interface from CIDR first (a fabric with "
                              "no addresses, as the lab's)")
@@ -150,7 +151,8 @@ def _run(options: argparse.Namespace, info: StackInfo, runner: Runner) -> RunRes
     if baremetal and not machines:
         raise ValueError(f"stack {info.name} names no hosts (vela:nodes or vela:inventoryFile) "
                          "to record a bare-metal baseline on")
-    settings = Options(max_bytes=options.max_bytes, test_network=options.test_network)
+    settings = Options(max_bytes=options.max_bytes, test_network=options.test_network,
+                       iperf_seconds=options.seconds)
     hostfile = "".join(f"{m.address} slots={m.slots}\n" for m in machines) if baremetal \
         else info.hostfile
     steps = gpu_plan(machines, hostfile, settings) if plan == "gpu" \
