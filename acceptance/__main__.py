@@ -46,11 +46,12 @@ class SshRunner:  # pragma: no cover - needs machines to log in to
     """Runs each command over SSH (providers/host: `SshHost`, whose `run` quotes every word).
     A VM's host keys come from its console log on its hypervisor, read once per VM."""
 
-    def __init__(self, key: str, known_hosts: str | None) -> None:
+    def __init__(self, key: str, known_hosts: str | None, connect_timeout: float = 15.0) -> None:
         from providers.host.keys import KeyFile
 
         self.key = KeyFile(key)
         self.known_hosts = known_hosts
+        self.connect_timeout = connect_timeout
         self._console_keys: dict[str, tuple[str, ...]] = {}
 
     def run(self, machine: Machine, argv: Sequence[str], *, timeout: float,
@@ -65,7 +66,8 @@ class SshRunner:  # pragma: no cover - needs machines to log in to
         return SshHost(machine.address, client_key=self.key, port=machine.port,
                        user=machine.user, pinned_host_keys=keys,
                        known_hosts=None if keys else self.known_hosts,
-                       name=machine.name, sudo=False, via=via)
+                       name=machine.name, sudo=False, via=via,
+                       connect_timeout=self.connect_timeout)
 
     def console_keys(self, machine: Machine) -> tuple[str, ...]:
         from .hostkeys import console_host_keys
@@ -107,6 +109,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--test-network", metavar="CIDR",
                         help="address each benchmark interface from CIDR first (a fabric with "
                              "no addresses, as the lab's)")
+    parser.add_argument("--connect-timeout", type=float, default=15.0,
+                        help="seconds an SSH login may take (a nested lab guest under TCG: 150)")
+    parser.add_argument("--only", metavar="NAMES",
+                        help="benchmark only these machines (comma-separated VM or host names)")
+    parser.add_argument("--interface",
+                        help="benchmark over this interface (a netdev name or a PCI address) "
+                             "instead of NCCL_SOCKET_IFNAME / the first NIC port")
     parser.add_argument("--jump", action="store_true",
                         help="reach the VMs through their hosts (always on the lab)")
     return parser.parse_args(argv)
@@ -127,7 +136,8 @@ def main(argv: list[str] | None = None, *, runner: Runner | None = None,
         if options.jump:
             info = dataclasses.replace(info, vms=[
                 dataclasses.replace(vm, jump=vm.hypervisor is not None) for vm in info.vms])
-        result = _run(options, info, runner or SshRunner(options.key, options.known_hosts))
+        result = _run(options, info, runner or SshRunner(options.key, options.known_hosts,
+                                                            options.connect_timeout))
     except (ValueError, VelaError) as exc:  # bad input, a host that failed: a message
         print(f"acceptance: {exc}", file=sys.stderr)
         return 2
@@ -151,6 +161,7 @@ def _run(options: argparse.Namespace, info: StackInfo, runner: Runner) -> RunRes
     if baremetal and not machines:
         raise ValueError(f"stack {info.name} names no hosts (vela:nodes or vela:inventoryFile) "
                          "to record a bare-metal baseline on")
+    machines = _chosen(machines, options.only, options.interface)
     settings = Options(max_bytes=options.max_bytes, test_network=options.test_network,
                        iperf_seconds=options.seconds)
     hostfile = "".join(f"{m.address} slots={m.slots}\n" for m in machines) if baremetal \
@@ -159,6 +170,21 @@ def _run(options: argparse.Namespace, info: StackInfo, runner: Runner) -> RunRes
         else network_plan(machines, settings)
     return execute(steps, runner, stack=info.name, plan=plan,
                    environment="baremetal" if baremetal else "vm", timeout=settings.timeout)
+
+
+def _chosen(machines: list[Machine], only: str | None, interface: str | None) -> list[Machine]:
+    """The machines `--only` names (all without it), with `--interface` as their benchmark
+    interface when given."""
+    if only:
+        names = [name for name in only.split(",") if name]
+        unknown = sorted(set(names) - {m.name for m in machines})
+        if unknown:
+            raise ValueError(f"--only names {', '.join(unknown)}, which this run does not have; "
+                             f"it has {', '.join(m.name for m in machines)}")
+        machines = [m for m in machines if m.name in names]
+    if interface:
+        machines = [dataclasses.replace(m, interface=interface) for m in machines]
+    return machines
 
 
 def _verdict(options: argparse.Namespace, result: RunResult, baseline: RunResult) -> int:

@@ -298,3 +298,15 @@ def test_each_vm_knows_its_host_interface_and_console_and_the_lab_jumps():
     lab = stack_info("dev", outputs, {**config, "vela:labHosts": "2"})
     assert all(vm.jump for vm in lab.vms) and lab.lab
     assert all(vm.jump for vm in stack_info("prod", outputs, config, jump=True).vms)
+
+
+def test_only_and_interface_choose_the_machines_and_what_they_benchmark_over(tmp_path, capsys):
+    runner = FakeRunner()
+    assert main(["--stack", "dev", "--record-baseline", str(tmp_path / "b.json"), "--out",
+                 str(tmp_path), "--only", "n1,n0", "--interface", "eth9", "--test-network",
+                 "10.77.1.0/24"], runner=runner, read=lambda name: info(lab=True)) == 0
+    addressed = [c[1].split()[-2:] for c in runner.calls if "addr replace" in c[1]]
+    assert addressed == [["eth9", "10.77.1.1/24"], ["eth9", "10.77.1.2/24"]]
+    assert main(["--stack", "dev", "--out", str(tmp_path), "--only", "n0-vm0,n9-vm0"],
+                runner=FakeRunner(), read=lambda name: info(lab=True)) == 2
+    assert "--only names n9-vm0, which this run does not have" in capsys.readouterr().err
