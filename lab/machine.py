@@ -132,14 +132,23 @@ def _gpu_switch(spec: HostSpec, node: int) -> list[str]:
         "-object", f"memory-backend-memfd,id=gpumem{node},size={spec.gpu_bar_mib}M,share=on",
         "-device", f"ivshmem-plain,id=gpu{node},memdev=gpumem{node},bus=sw{node}-gpu",
         "-netdev", f"user,id=sriov{node},restrict=on",
-        "-device", f"igb,id=nic{node},netdev=sriov{node},bus=sw{node}-nic",
+        "-device", f"igb,id=nic{node},netdev=sriov{node},bus=sw{node}-nic,"
+                   f"mac={_mac(spec, 2 * node)}",
         # A second igb on its own root port: root ports have ACS, so its VFs get IOMMU groups
         # of their own and can be passed through to nested guests (the switch ports cannot
         # isolate: QEMU gives them no ACS capability).
         "-device", f"pcie-root-port,id=rp{node}-nic,bus=pxb{node},chassis={chassis + 3},slot=0",
         *_fabric_port(spec, f"sriov{node}-iso"),
-        "-device", f"igb,id=nic{node}-iso,netdev=sriov{node}-iso,bus=rp{node}-nic",
+        "-device", f"igb,id=nic{node}-iso,netdev=sriov{node}-iso,bus=rp{node}-nic,"
+                   f"mac={_mac(spec, 2 * node + 1)}",
     ]
+
+
+def _mac(spec: HostSpec, nic: int) -> str:
+    """A MAC of its own for each NIC of each host: QEMU gives every host's n-th NIC the same
+    default one (52:54:00:12:34:56 + n, net/net.c qemu_macaddr_default_if_unset), which on
+    the shared fabric makes two hosts' PFs one address (frames to either reach both)."""
+    return f"52:54:00:76:{spec.index & 0xFF:02x}:{nic:02x}"
 
 
 FABRIC_HUB = "0"

@@ -43,18 +43,18 @@ def test_machine_shape():
         "xio3130-downstream,id=sw0-gpu,bus=sw0,chassis=11,slot=0",
         "xio3130-downstream,id=sw0-nic,bus=sw0,chassis=12,slot=0",
         "ivshmem-plain,id=gpu0,memdev=gpumem0,bus=sw0-gpu",
-        "igb,id=nic0,netdev=sriov0,bus=sw0-nic",
+        "igb,id=nic0,netdev=sriov0,bus=sw0-nic,mac=52:54:00:76:03:00",
         "pcie-root-port,id=rp0-nic,bus=pxb0,chassis=13,slot=0",
-        "igb,id=nic0-iso,netdev=sriov0-iso,bus=rp0-nic",
+        "igb,id=nic0-iso,netdev=sriov0-iso,bus=rp0-nic,mac=52:54:00:76:03:01",
         "pxb-pcie,id=pxb1,bus_nr=128,numa_node=1,bus=pcie.0",
         "pcie-root-port,id=rp1,bus=pxb1,chassis=14,slot=0",
         "x3130-upstream,id=sw1,bus=rp1",
         "xio3130-downstream,id=sw1-gpu,bus=sw1,chassis=15,slot=0",
         "xio3130-downstream,id=sw1-nic,bus=sw1,chassis=16,slot=0",
         "ivshmem-plain,id=gpu1,memdev=gpumem1,bus=sw1-gpu",
-        "igb,id=nic1,netdev=sriov1,bus=sw1-nic",
+        "igb,id=nic1,netdev=sriov1,bus=sw1-nic,mac=52:54:00:76:03:02",
         "pcie-root-port,id=rp1-nic,bus=pxb1,chassis=17,slot=0",
-        "igb,id=nic1-iso,netdev=sriov1-iso,bus=rp1-nic",
+        "igb,id=nic1-iso,netdev=sriov1-iso,bus=rp1-nic,mac=52:54:00:76:03:03",
     ]
     objects = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-object"]
     assert objects == ["memory-backend-ram,id=mem0,size=4096M",
@@ -80,6 +80,9 @@ def test_the_isolated_nics_of_every_host_share_one_fabric_chain():
     down = [stream.format("fabric-down", "on", 5000),
             "hubport,id=fabric-down-port,hubid=0,netdev=fabric-down"]
     assert [n for n in _netdevs(first) if "iso" in n or "fabric" in n] == hub + down
+    # Every NIC of every host has a MAC of its own on the shared fabric.
+    macs = [d.rsplit("mac=", 1)[1] for h in (first, second) for d in _devices(h) if "mac=" in d]
+    assert len(set(macs)) == len(macs) == 8
     # The NICs under the switches stay on closed user networks of their own.
     assert "user,id=sriov0,restrict=on" in _netdevs(first)
     assert [n for n in _netdevs(second) if "fabric" in n] == [
