@@ -93,7 +93,8 @@ def compare(vm: RunResult, baseline: RunResult, *, threshold: float = DEFAULT_TH
                          f"{threshold}")
     rows, problems = [], []
     for series in vm.series:
-        base = baseline.find(_baseline_name(series, baseline))
+        base = baseline.find(_baseline_name(series, baseline)) or _pair_reference(series,
+                                                                                 baseline)
         if series.wrong:
             problems.append(f"{series.name}: nccl-tests counted {series.wrong} wrong results: "
                             "the VMs corrupt data; no bandwidth makes up for that")
@@ -123,6 +124,18 @@ def compare(vm: RunResult, baseline: RunResult, *, threshold: float = DEFAULT_TH
                         "up): run the benchmarks up to larger sizes")
     return Verdict(threshold=threshold, min_size=min_size, passed=not problems, rows=rows,
                    problems=problems)
+
+
+def _pair_reference(series: Series, baseline: RunResult) -> Series | None:
+    """For a benchmark between two machines (iperf3) whose nodes have no bare-metal pair of
+    their own (two VMs of one node; a ring over other nodes), the fabric's host-to-host
+    figure: the baseline pair of the median first value of that benchmark."""
+    if "->" not in series.machine:
+        return None
+    pairs = sorted((s for s in baseline.series
+                    if s.benchmark == series.benchmark and "->" in s.machine and s.points),
+                   key=lambda s: s.points[0].value)
+    return pairs[len(pairs) // 2] if pairs else None
 
 
 def _baseline_name(series: Series, baseline: RunResult) -> str:

@@ -310,3 +310,18 @@ def test_only_and_interface_choose_the_machines_and_what_they_benchmark_over(tmp
     assert main(["--stack", "dev", "--out", str(tmp_path), "--only", "n0-vm0,n9-vm0"],
                 runner=FakeRunner(), read=lambda name: info(lab=True)) == 2
     assert "--only names n9-vm0, which this run does not have" in capsys.readouterr().err
+
+
+def test_a_vm_pair_without_a_host_pair_of_its_own_is_held_to_the_fabric_figure():
+    def iperf(pairs_and_values, environment):
+        return compare.RunResult(stack="dev", environment=environment, plan="network", series=[
+            compare.Series(benchmark="iperf3", machine=pair, metric="throughput", unit="Gbit/s",
+                           points=[compare.Point(key="received", value=value)])
+            for pair, value in pairs_and_values])
+    baseline = iperf([("n0->n1", 10.0), ("n1->n2", 20.0), ("n2->n0", 30.0)], "baremetal")
+    # Two VMs of node n0 have no n0->n0 pair in the baseline: the median pair (20) counts.
+    verdict = compare.compare(iperf([("n0-vm0->n0-vm1", 19.5)], "vm"), baseline)
+    assert [(r.baseline, r.passed) for r in verdict.rows] == [(20.0, True)]
+    # A pair of nodes the baseline has is held to that pair's own figure.
+    verdict = compare.compare(iperf([("n2-vm0->n0-vm0", 27.0)], "vm"), baseline)
+    assert [(r.baseline, r.passed) for r in verdict.rows] == [(30.0, False)]
