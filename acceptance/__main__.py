@@ -58,7 +58,8 @@ class SshRunner:  # pragma: no cover - needs machines to log in to
             stdin: bytes | None = None) -> str:
         return self.host(machine).run(list(argv), timeout=timeout, stdin=stdin).text
 
-    def host(self, machine: Machine):
+    def host(self, machine: Machine, *, sudo: bool | None = False):
+        """The machine's SshHost; `sudo=None`: through sudo unless it logs in as root."""
         from providers.host.ssh import SshHost
 
         keys = machine.host_keys or self.console_keys(machine)
@@ -66,7 +67,7 @@ class SshRunner:  # pragma: no cover - needs machines to log in to
         return SshHost(machine.address, client_key=self.key, port=machine.port,
                        user=machine.user, pinned_host_keys=keys,
                        known_hosts=None if keys else self.known_hosts,
-                       name=machine.name, sudo=False, via=via,
+                       name=machine.name, sudo=sudo, via=via,
                        connect_timeout=self.connect_timeout)
 
     def console_keys(self, machine: Machine) -> tuple[str, ...]:
@@ -75,7 +76,8 @@ class SshRunner:  # pragma: no cover - needs machines to log in to
         if machine.hypervisor is None or not machine.console_log:
             return ()
         if machine.name not in self._console_keys:
-            host = self.host(machine.hypervisor)
+            # libvirt's log directory is root's: read it as root (sudo for another user)
+            host = self.host(machine.hypervisor, sudo=None)
             text = host.run(["cat", machine.console_log], timeout=60).text
             keys = tuple(console_host_keys(text))
             if not keys:

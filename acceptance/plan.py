@@ -217,7 +217,7 @@ def _iperf_client(server: Machine, address: str | None,
 def execute(steps: list[Step], runner: Runner, *, stack: str, environment: str, plan: str,
             timeout: float = Options.timeout, progress: Callable[[str], None] = print,
             ) -> RunResult:
-    series, raw, found = [], {}, {}
+    series, raw, found = [], {}, {}  # found: what remember steps learned, for later argv
     for step in steps:
         progress(f"acceptance: {step.title} on {step.machine.name}")
         argv = step.argv(found) if callable(step.argv) else step.argv
@@ -228,12 +228,12 @@ def execute(steps: list[Step], runner: Runner, *, stack: str, environment: str, 
         if step.parse is None:
             continue
         try:
-            found = step.parse(text)
+            parsed = step.parse(text)
         except parsers.ParseError as exc:
             raise parsers.ParseError(f"{step.title} on {step.machine.name}: {exc}") from None
-        for one in found:
+        for one in parsed:
             raw[one.name] = text
-        series += found
+        series += parsed
     return RunResult(stack=stack, environment=environment, plan=plan, series=series, raw=raw)
 
 

@@ -142,18 +142,27 @@ class _Connection:
 
     @staticmethod
     def _through(spec: SshHost, where: str) -> paramiko.Channel:
-        """A channel from the jump host to the target's SSH port (RFC 4254 section 7.2)."""
+        """A channel from the jump host to the target's SSH port (RFC 4254 section 7.2). A
+        jump transport that looks alive but is not (its host went away: see `open_channel`) is
+        dropped and the channel asked for once more over a fresh one; a refusal by the jump
+        (ChannelException: it could not connect) is final."""
         jump = spec.via
-        transport = jump.connection._live_transport(jump)
-        try:
-            return transport.open_channel("direct-tcpip", (spec.address, spec.port),
-                                          ("127.0.0.1", 0), timeout=spec.connect_timeout)
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            reason = str(exc) or type(exc).__name__
-            raise HostUnreachable(spec.name, (
-                f"{jump.name} could not open a connection to {where} for us ({reason}): check "
-                f"that {where} is up and reachable from {jump.name}, and that the sshd of "
-                f"{jump.name} allows TCP forwarding (AllowTcpForwarding)")) from exc
+        for _attempt in (1, 2):
+            transport = jump.connection._live_transport(jump)
+            try:
+                return transport.open_channel("direct-tcpip", (spec.address, spec.port),
+                                              ("127.0.0.1", 0), timeout=spec.connect_timeout)
+            except paramiko.ChannelException as exc:
+                failure = exc
+                break
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                failure = exc
+                jump.connection._drop(transport)
+        reason = str(failure) or type(failure).__name__
+        raise HostUnreachable(spec.name, (
+            f"{jump.name} could not open a connection to {where} for us ({reason}): check "
+            f"that {where} is up and reachable from {jump.name}, and that the sshd of "
+            f"{jump.name} allows TCP forwarding (AllowTcpForwarding)")) from failure
 
     @staticmethod
     def _handshake(spec: SshHost, transport: paramiko.Transport, expected: list,
@@ -247,8 +256,9 @@ class SshHost(Host):
 
     def drop_connection(self) -> None:
         """Close this host's pooled transport, if there is one, so that its next command
-        connects afresh; every other host's connection is left alone. For a host known to have
-        gone away (rebooted, powered off): its old transport can look alive long after (see
+        connects afresh; every other host's connection is left alone, but for hosts reached
+        through this one (`via`), whose connections ride on it. For a host known to have gone
+        away (rebooted, powered off): its old transport can look alive long after (see
         `_Connection.open_channel`). A command running on this host over it fails with
         `ConnectionLost`. The pool entry stays, so handles already holding it keep working."""
         with _POOL_LOCK:

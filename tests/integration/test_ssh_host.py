@@ -269,3 +269,12 @@ def test_a_target_the_jump_host_cannot_reach_is_named_with_the_jump(ssh_host):
         behind.run(["true"])
     assert "jump could not open a connection" in str(caught.value)
     assert "AllowTcpForwarding" in str(caught.value)
+
+
+def test_a_target_behind_a_jump_that_went_away_is_reached_again(sshd, ssh_host):
+    jump = ssh_host(name="jump")
+    behind = ssh_host(via=jump, name="behind")
+    assert behind.run(["echo", "one"]).text == "one\n"
+    sshd.drop_connections()  # the jump host and everything through it went away
+    behind.drop_connection()
+    assert behind.run(["echo", "two"]).text == "two\n"

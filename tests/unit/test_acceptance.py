@@ -325,3 +325,11 @@ def test_a_vm_pair_without_a_host_pair_of_its_own_is_held_to_the_fabric_figure()
     # A pair of nodes the baseline has is held to that pair's own figure.
     verdict = compare.compare(iperf([("n2-vm0->n0-vm0", 27.0)], "vm"), baseline)
     assert [(r.baseline, r.passed) for r in verdict.rows] == [(30.0, False)]
+
+
+def test_a_ring_of_three_reads_each_server_address_before_its_client_runs():
+    runner = FakeRunner()
+    result = plan.execute(plan.network_plan(machines("a", "b", "c")), runner, stack="dev",
+                          environment="vm", plan="network", progress=lambda line: None)
+    assert [s.machine for s in result.series] == ["a->b", "b->c", "c->a"]
+    assert [c[0] for c in runner.calls] == ["b", "b", "a", "c", "c", "b", "a", "a", "c"]

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RUFF = ROOT / ".venv" / "bin" / "ruff"
 # Directory names that hold no code of the project's own, wherever they are.
 NOT_CODE = {".git", ".venv", ".lab", ".pulumi-state", ".ruff_cache", ".pytest_cache",
-            "__pycache__"}
+            "__pycache__", ".bench-venv"}
 SHEBANG = re.compile(rb"#![^\n]*\b(?:sh|bash|dash|ash|ksh)\b")
 # The shell scripts that must be linted by name; the search below must find each of them.
 NAMED_SHELL = [*sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "scripts").iterdir()
