@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from components.deployed import config_json, read_deployed, stack_nodes
+from components.deployed import config_json, is_vm_of, read_deployed, stack_nodes
 from providers.gpu_vm.observe import console_log
 
 from .plan import Machine
@@ -62,10 +62,8 @@ def stack_info(name: str, outputs: dict[str, Any], config: dict[str, str], *,
 
 
 def _hypervisor(vm: str, hosts: list[Machine]) -> Machine | None:
-    """The host a VM runs on: VelaCluster names a node's VMs NODE-vmN (the longest node name
-    that fits wins: node "a-vm0" holds "a-vm0-vm0")."""
-    owners = [h for h in hosts if vm.startswith(f"{h.name}-vm") and vm[len(h.name) + 3:].isdigit()]
-    return max(owners, key=lambda h: len(h.name), default=None)
+    """The host a VM runs on (its node, by VelaCluster's naming)."""
+    return next((host for host in hosts if is_vm_of(vm, host.name)), None)
 
 
 def _socket_interface(environment: dict[str, str]) -> str:

@@ -11,6 +11,7 @@ value as the CLI stores it (JSON text), `stack_nodes` the nodes of `vela:nodes` 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,12 @@ def config_json(text: str | None, key: str) -> Any:
     except json.JSONDecodeError:
         raise ValueError(f"{key} in the stack config is not JSON: set it with "
                          f"`pulumi config set --path`") from None
+
+
+def is_vm_of(vm: str, node: str) -> bool:
+    """VelaCluster names a node's VMs NODE-vmI (components/cluster.py): "a-vm0-vm0" is node
+    "a-vm0"'s, not node "a"'s."""
+    return re.fullmatch(re.escape(node) + r"-vm[0-9]+", vm) is not None
 
 
 def stack_nodes(config: Mapping[str, str], root: Path = PROJECT_ROOT) -> list:

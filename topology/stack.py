@@ -11,12 +11,11 @@ I/O: `connect` makes the same pinned `SshHost` the providers make, `gather` read
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.deployed import config_json, stack_nodes
+from components.deployed import config_json, is_vm_of, stack_nodes
 from providers.errors import CommandFailed, HostError
 from providers.facts import gather_facts
 from providers.facts.models import HostFacts
@@ -66,12 +65,11 @@ def stack_nodes_to_draw(name: str, outputs: Mapping[str, Any],
     acs = _object(config, "vela:hostTuning").get("acs", True)
     found = []
     for node in nodes:
-        own = re.compile(re.escape(node.name) + r"-vm[0-9]+")  # the cluster's NODE-vmI
         merged = {**shape, **getattr(node, "overrides", {}), **(overrides.get(node.name) or {})}
         found.append(StackNode(
             name=node.name, address=node.address, port=node.port, user=node.user,
             host_key=node.host_key, guests={vm: xml.get(vm) or None for vm in vms
-                                            if own.fullmatch(vm)},
+                                            if is_vm_of(vm, node.name)},
             gpu=merged.get("gpuSelector"), nic=merged.get("nicSelector"), acs=acs is not False))
     return found
 
