@@ -35,6 +35,8 @@ STRACE = ["strace", "-f", "--seccomp-bpf", "-qq", "-y", "-xx", "-s", "1048576",
 # the bytes are all \xHH escapes, so nothing in them is ambiguous.
 _WRITE = re.compile(r'^\d+\s+p?write(?:64)?\(\d+<(?P<path>[^>]*)>, "(?P<data>(?:[^"\\]|\\.)*)"'
                     r'(?:\.\.\.)?, \d+(?:, \d+)?\)\s+= (?P<result>-?\d+)')
+_UNFINISHED = " <unfinished ...>"
+_RESUMED = re.compile(r"^(?P<pid>\d+)\s+<\.\.\. \w+ resumed>(?P<rest>.*)$")
 _SYNC_NAME = "vela_kernel_sync"
 
 
@@ -180,11 +182,18 @@ def _complete(line: str) -> bool:
 
 
 class _LogReader:
-    """The strace log, read on: whole lines only (the traced process may be mid-line)."""
+    """The strace log, read on: whole lines only (the traced process may be mid-line), with a
+    call that strace split in two put together again. strace(1): "If a system call is being
+    executed and meanwhile another one is being called from a different thread/process then
+    strace will try to preserve the order of those events and mark the ongoing call as being
+    unfinished. When the call returns it will be marked as resumed." In `printf | dd`, the
+    writer's pipe write and dd's write to config overlap that way on a busy machine; read as
+    two lines, the config write was lost to the fake kernel."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.offset = 0
+        self.unfinished: dict[str, str] = {}  # pid -> the call's first half
 
     def new_writes(self) -> list[Write]:
         if not self.path.exists():
@@ -195,12 +204,31 @@ class _LogReader:
         complete = chunk[:chunk.rfind(b"\n") + 1]
         self.offset += len(complete)
         writes = []
-        for line in complete.decode(errors="replace").splitlines():
+        for line in self._joined(complete.decode(errors="replace").splitlines()):
             found = _WRITE.match(line)
             if found and int(found["result"]) >= 0:
                 writes.append(Write(_unescape(found["path"]).decode(errors="replace"),
                                     _unescape(found["data"])))
         return writes
+
+
+    def _joined(self, lines: list[str]) -> list[str]:
+        """Each call on one line: `PID write(...<unfinished ...>` waits for its `PID <... write
+        resumed>) = N`, and the call counts where it completed (its bytes are in place then)."""
+        whole = []
+        for line in lines:
+            if line.endswith(_UNFINISHED):
+                pid = line.split(None, 1)[0]
+                self.unfinished[pid] = line[:-len(_UNFINISHED)]
+                continue
+            resumed = _RESUMED.match(line)
+            if resumed is not None:
+                first = self.unfinished.pop(resumed["pid"], None)
+                if first is None:
+                    continue  # its first half was not a call we know: not a whole write
+                line = first + resumed["rest"]
+            whole.append(line)
+        return whole
 
 
 def _unescape(text: str) -> bytes:
