@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None, *, runner: Runner | None = None,
         baseline = read_result(options.baseline) if options.baseline else None
         if read is None:
             from .stack import read_stack as read
+        _network_apart(options.test_network, baseline)
         info = read(options.stack)
         if options.jump:
             info = dataclasses.replace(info, vms=[
@@ -170,8 +172,28 @@ def _run(options: argparse.Namespace, info: StackInfo, runner: Runner) -> RunRes
         else info.hostfile
     steps = gpu_plan(machines, hostfile, settings) if plan == "gpu" \
         else network_plan(machines, settings)
-    return execute(steps, runner, stack=info.name, plan=plan,
-                   environment="baremetal" if baremetal else "vm", timeout=settings.timeout)
+    result = execute(steps, runner, stack=info.name, plan=plan,
+                     environment="baremetal" if baremetal else "vm", timeout=settings.timeout)
+    return result.model_copy(update={"test_network": options.test_network})
+
+
+def _network_apart(cidr: str | None, baseline: RunResult | None) -> None:
+    """The baseline's test addresses stay on the hosts' interfaces, on the same fabric the VMs
+    use: the same addresses again would be duplicates (both ends answering one address)."""
+    if not cidr or baseline is None or not baseline.test_network:
+        return
+    ours, theirs = (_parsed(network) for network in (cidr, baseline.test_network))
+    if ours is not None and theirs is not None and ours.overlaps(theirs):
+        raise ValueError(f"--test-network {cidr} overlaps {baseline.test_network}, which the "
+                         "baseline gave the hosts' interfaces (its addresses are still there): "
+                         "give the VM run a network of its own")
+
+
+def _parsed(cidr: str) -> ipaddress.IPv4Network | None:
+    try:
+        return ipaddress.IPv4Network(cidr, strict=False)
+    except ValueError:
+        return None  # the plan names what is wrong with it
 
 
 def _chosen(machines: list[Machine], only: str | None, interface: str | None) -> list[Machine]:

@@ -60,6 +60,8 @@ class RunResult(_Model):
     plan: str  # "gpu" or "network"
     series: list[Series]
     raw: dict[str, str] = Field(default_factory=dict)  # benchmark output by series name
+    # --test-network of the run: its addresses stay on the interfaces after it
+    test_network: str | None = None
 
     def find(self, name: str) -> Series | None:
         return next((s for s in self.series if s.name == name), None)

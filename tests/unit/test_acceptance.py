@@ -333,3 +333,23 @@ def test_a_ring_of_three_reads_each_server_address_before_its_client_runs():
                           environment="vm", plan="network", progress=lambda line: None)
     assert [s.machine for s in result.series] == ["a->b", "b->c", "c->a"]
     assert [c[0] for c in runner.calls] == ["b", "b", "a", "c", "c", "b", "a", "a", "c"]
+
+
+def test_a_vm_run_on_the_baselines_test_network_is_refused_before_anything_runs(tmp_path,
+                                                                                 capsys):
+    """The baseline's test addresses stay on the hosts' PFs, on the fabric the VMs' VFs use."""
+    baseline = tmp_path / "b.json"
+    assert main(["--stack", "dev", "--record-baseline", str(baseline), "--out", str(tmp_path),
+                 "--test-network", "10.77.1.0/24"], runner=FakeRunner(),
+                read=lambda name: info(lab=True)) == 0
+    assert compare.read_result(baseline).test_network == "10.77.1.0/24"
+    runner = FakeRunner()
+    assert main(["--stack", "dev", "--baseline", str(baseline), "--out", str(tmp_path),
+                 "--test-network", "10.77.1.128/25"], runner=runner,
+                read=lambda name: info(lab=True)) == 2
+    assert ("--test-network 10.77.1.128/25 overlaps 10.77.1.0/24, which the baseline gave"
+            in capsys.readouterr().err)
+    assert runner.calls == []
+    assert main(["--stack", "dev", "--baseline", str(baseline), "--out", str(tmp_path),
+                 "--test-network", "10.77.3.0/24"], runner=FakeRunner(),
+                read=lambda name: info(lab=True)) == 0
