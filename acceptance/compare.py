@@ -78,6 +78,9 @@ class Row(_Model):
     ratio: float | None
     gated: bool
     passed: bool | None  # None: not gated
+    # The baseline machine(s) compared with, when not the VM's own node(s): the fabric's
+    # median host pair for VMs whose nodes have no pair of their own
+    reference: str | None = None
 
 
 class Verdict(_Model):
@@ -95,8 +98,11 @@ def compare(vm: RunResult, baseline: RunResult, *, threshold: float = DEFAULT_TH
                          f"{threshold}")
     rows, problems = [], []
     for series in vm.series:
-        base = baseline.find(_baseline_name(series, baseline)) or _pair_reference(series,
-                                                                                 baseline)
+        base = baseline.find(_baseline_name(series, baseline))
+        reference = None
+        if base is None:
+            base = _pair_reference(series, baseline)
+            reference = base.machine if base else None
         if series.wrong:
             problems.append(f"{series.name}: nccl-tests counted {series.wrong} wrong results: "
                             "the VMs corrupt data; no bandwidth makes up for that")
@@ -115,12 +121,12 @@ def compare(vm: RunResult, baseline: RunResult, *, threshold: float = DEFAULT_TH
                 elif not passed:
                     problems.append(
                         f"{series.name} {_label(point)}: {point.value:g} {series.unit} on the "
-                        f"VMs, {found.value:g} on bare metal ({_percent(ratio)}), below the "
-                        f"{_percent(1 - threshold)} required")
+                        f"VMs, {found.value:g} on bare metal{_between(reference)} "
+                        f"({_percent(ratio)}), below the {_percent(1 - threshold)} required")
             rows.append(Row(benchmark=series.benchmark, machine=series.machine, key=point.key,
                             size=point.size, unit=series.unit, vm=point.value,
                             baseline=found.value if found else None, ratio=ratio,
-                            gated=gated, passed=passed))
+                            gated=gated, passed=passed, reference=reference))
     if not any(row.gated for row in rows):
         problems.append(f"no measured point is gated (nccl-tests sizes of {min_size} B and "
                         "up): run the benchmarks up to larger sizes")
@@ -149,6 +155,10 @@ def _baseline_name(series: Series, baseline: RunResult) -> str:
     return f"{series.benchmark}@{nodes}"
 
 
+def _between(reference: str | None) -> str:
+    return f" between {reference.replace('->', ' and ')}" if reference else ""
+
+
 def _label(point: Point) -> str:
     return f"at {_size(point.size)}" if point.size is not None else point.key
 
@@ -170,9 +180,11 @@ def table(verdict: Verdict) -> str:
     """The plain-text table: every point, VM against baseline, and the verdict."""
     head = ["benchmark", "machine", "point", "unit", "vm", "baseline", "ratio", "gate"]
     lines = [head]
+    references = sorted({row.reference for row in verdict.rows if row.reference})
     for row in verdict.rows:
         gate = "-" if row.passed is None else ("ok" if row.passed else "FAIL")
-        lines.append([row.benchmark, row.machine, _size(row.size) if row.size is not None
+        machine = f"{row.machine} *" if row.reference else row.machine
+        lines.append([row.benchmark, machine, _size(row.size) if row.size is not None
                       else row.key, row.unit, f"{row.vm:.2f}",
                       "-" if row.baseline is None else f"{row.baseline:.2f}",
                       _percent(row.ratio), gate])
@@ -181,6 +193,9 @@ def table(verdict: Verdict) -> str:
                       for i, (cell, width) in enumerate(zip(line, widths, strict=True))).rstrip()
             for line in lines]
     required = _percent(1 - verdict.threshold)
+    if references:
+        text.append(f"* against the fabric's median host pair ({', '.join(references)}): "
+                    "these nodes have no pair of their own in the baseline")
     text.append("")
     if verdict.passed:
         text.append(f"PASS: every gated point reaches at least {required} of the baseline")

@@ -321,10 +321,18 @@ def test_a_vm_pair_without_a_host_pair_of_its_own_is_held_to_the_fabric_figure()
     baseline = iperf([("n0->n1", 10.0), ("n1->n2", 20.0), ("n2->n0", 30.0)], "baremetal")
     # Two VMs of node n0 have no n0->n0 pair in the baseline: the median pair (20) counts.
     verdict = compare.compare(iperf([("n0-vm0->n0-vm1", 19.5)], "vm"), baseline)
-    assert [(r.baseline, r.passed) for r in verdict.rows] == [(20.0, True)]
+    assert [(r.baseline, r.passed, r.reference) for r in verdict.rows] == [
+        (20.0, True, "n1->n2")]
+    text = compare.table(verdict)
+    assert "n0-vm0->n0-vm1 *" in text  # the table says which pair it was held to
+    assert "* against the fabric's median host pair (n1->n2)" in text
+    verdict = compare.compare(iperf([("n0-vm0->n0-vm1", 10.0)], "vm"), baseline)
+    assert "10 Gbit/s on the VMs, 20 on bare metal between n1 and n2 (50.0%)" in \
+        verdict.problems[0]
     # A pair of nodes the baseline has is held to that pair's own figure.
     verdict = compare.compare(iperf([("n2-vm0->n0-vm0", 27.0)], "vm"), baseline)
-    assert [(r.baseline, r.passed) for r in verdict.rows] == [(30.0, False)]
+    assert [(r.baseline, r.passed, r.reference) for r in verdict.rows] == [(30.0, False, None)]
+    assert "*" not in compare.table(verdict)
 
 
 def test_a_ring_of_three_reads_each_server_address_before_its_client_runs():
