@@ -41,6 +41,7 @@ class Machine:
     environment: dict[str, str] = field(default_factory=dict)  # its NCCL environment
     host_keys: tuple[str, ...] = ()  # pinned SSH host keys (a host's `host_key` in config)
     interface: str = ""  # the benchmark interface: a netdev name, or a PF's PCI address
+    ports: tuple[str, ...] = ()  # a host's NIC ports (the PFs its VMs' VFs come from)
     hypervisor: Machine | None = None  # a VM's host, whose console log holds its host keys
     console_log: str = ""  # that log's path on the hypervisor
     jump: bool = False  # reached through its hypervisor (a guest on the host's own network)
@@ -120,6 +121,8 @@ _INTERFACE = """iface() { case $1 in
 """
 _UP = _INTERFACE + 'dev=$(iface "$1") && ip link set dev "$dev" up'
 _ADDRESS = _UP + ' && ip -4 addr replace "$2" dev "$dev"'
+_ALL_UP = _INTERFACE + 'for port in "$@"; do dev=$(iface "$port") && ip link set dev "$dev" up \
+  || exit 1; done'
 _SHOW = _INTERFACE + 'dev=$(iface "$1") && ip -4 -o addr show dev "$dev"'
 
 
@@ -153,14 +156,15 @@ def network_plan(machines: list[Machine], options: Options = Options()) -> list[
 
 def _test_network(machines: list[Machine], cidr: str) -> list[Step]:
     """Bring each benchmark interface up with an address of `cidr`, in machine order; a VM's
-    host gets its PF up too (the VF has no link without it)."""
+    host gets every NIC port up too (a VF has no link while its PF is down)."""
     steps, hosts = [], {}
     for machine in machines:
         host = machine.hypervisor
-        if host is not None and host.interface and host.name not in hosts:
+        ports = (host.ports or (host.interface,)) if host is not None else ()
+        if host is not None and any(ports) and host.name not in hosts:
             hosts[host.name] = host
             steps.append(Step(f"link up {host.name}", host,
-                              _root(["sh", "-c", _UP, "sh", host.interface])))
+                              _root(["sh", "-c", _ALL_UP, "sh", *filter(None, ports)])))
     network = _network(cidr, len(machines))
     for machine, address in zip(machines, network.hosts(), strict=False):
         steps.append(Step(f"test address {machine.name}", machine, _root([

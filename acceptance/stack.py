@@ -8,7 +8,8 @@ guest user of `vela:guest`; hosts (the bare-metal baseline) come from `vela:node
 `vela:inventoryFile`. Each VM's host is its hypervisor: the guest's SSH host keys are read from
 its console log there (acceptance/hostkeys.py), and on the lab, or with `jump`, the VM is
 reached through it (its address is on the host's own network). A VM benchmarks over its
-NCCL_SOCKET_IFNAME, a host over its first NIC port (`vela:shape.nicPorts`).
+NCCL_SOCKET_IFNAME, a host over its first NIC port (`vela:shape.nicPorts`); a test network
+brings all of a host's ports up, for its VMs' VFs.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def _hosts(config: dict[str, str]) -> list[Machine]:
     shape = config_json(config.get("vela:shape"), "vela:shape") or {}
     ports = shape.get("nicPorts") or []
     return [Machine(name=node.name, address=node.address, user=node.user, port=node.port,
-                    host_keys=(node.host_key,), interface=ports[0] if ports else "")
+                    host_keys=(node.host_key,), interface=ports[0] if ports else "",
+                    ports=tuple(ports))
             for node in stack_nodes(config)]
 
 

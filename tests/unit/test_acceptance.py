@@ -4,6 +4,7 @@ status and the files written. The live run on a cluster is not here."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -134,23 +135,36 @@ def test_the_interface_script_finds_a_pfs_netdev_and_brings_it_up(tmp_path):
     import os
     import subprocess
 
-    sysfs = tmp_path / "sys/bus/pci/devices/0000:45:00.0/net/enp69s0"
-    sysfs.mkdir(parents=True)
+    for port, netdev in (("0000:45:00.0", "enp69s0"), ("0000:85:00.0", "enp133s0")):
+        (tmp_path / f"sys/bus/pci/devices/{port}/net/{netdev}").mkdir(parents=True)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "ip").write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/ip.log\n')
     (bin_dir / "ip").chmod(0o755)
-    host = plan.Machine("n0", "10.0.0.1", "root", interface="0000:45:00.0")
-    vm = plan.Machine("n0-vm0", "10.0.0.9", "root", interface="vela0", hypervisor=host)
+
+    def run(step):
+        argv = [word.replace("/sys/bus/pci", f"{tmp_path}/sys/bus/pci") for word in step.argv]
+        return subprocess.run(argv, capture_output=True, text=True,
+                              env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+
+    # The VM on the host's second socket takes its VF from the second port: both come up.
+    host = plan.Machine("n0", "10.0.0.1", "root", interface="0000:45:00.0",
+                        ports=("0000:45:00.0", "0000:85:00.0"))
+    vm = plan.Machine("n0-vm1", "10.0.0.9", "root", interface="vela0", hypervisor=host)
     steps = plan.network_plan([vm, *machines("n1-vm0", user="root")],
                               plan.Options(test_network="10.77.0.0/24"))
     for step in steps[:2]:
-        argv = [word.replace("/sys/bus/pci", f"{tmp_path}/sys/bus/pci") for word in step.argv]
-        subprocess.run(argv, check=True,
-                       env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+        assert run(step).returncode == 0
     assert (tmp_path / "ip.log").read_text().splitlines() == [
-        "link set dev enp69s0 up", "link set dev vela0 up",
+        "link set dev enp69s0 up", "link set dev enp133s0 up", "link set dev vela0 up",
         "-4 addr replace 10.77.0.1/24 dev vela0"]
+    # A port without a netdev (its driver not loaded) fails the step, naming it.
+    host = dataclasses.replace(host, ports=("0000:45:00.0", "0000:c5:00.0"))
+    step = plan.network_plan([dataclasses.replace(vm, hypervisor=host),
+                              *machines("n1-vm0", user="root")],
+                             plan.Options(test_network="10.77.0.0/24"))[0]
+    done = run(step)
+    assert done.returncode != 0 and "no network interface on 0000:c5:00.0" in done.stderr
 
 
 # -- comparison ----------------------------------------------------------------------------------
@@ -295,6 +309,7 @@ def test_each_vm_knows_its_host_interface_and_console_and_the_lab_jumps():
         ("n0-vm1-vm0", "", "n0-vm1", False)]  # the longest node name that fits owns it
     assert found.vms[0].console_log == "/var/log/libvirt/qemu/vela-n0-vm0-console.log"
     assert [h.interface for h in found.hosts] == ["0000:45:00.0", "0000:45:00.0"]
+    assert found.hosts[0].ports == ("0000:45:00.0", "0000:85:00.0")
     lab = stack_info("dev", outputs, {**config, "vela:labHosts": "2"})
     assert all(vm.jump for vm in lab.vms) and lab.lab
     assert all(vm.jump for vm in stack_info("prod", outputs, config, jump=True).vms)
