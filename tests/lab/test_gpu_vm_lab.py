@@ -33,6 +33,8 @@ from tests.lab.conftest import booted_lab, host_snapshot
 from tests.support.provider_harness import ProviderCallError, ProviderServer, with_provider
 
 pytestmark = pytest.mark.slow
+# How long a nested guest may take to boot (TCG inside a TCG host), to an address or a READY.
+GUEST_WAIT = 1200
 # Per host NUMA node: the GPU stand-in and the igb on its own root port.
 GPUS = ["0000:43:00.0", "0000:83:00.0"]
 ISOLATED_PFS = ["0000:45:00.0", "0000:85:00.0"]
@@ -73,8 +75,10 @@ def _console(host, name: str) -> str:
 
 
 def _guest_boots(host, name: str, boots: int) -> list[str]:
-    """The console of each of the guest's boots so far, once `boots` of them are ready."""
-    deadline = time.monotonic() + 600
+    """The console of each of the guest's boots so far, once `boots` of them are ready. The
+    deadline is the guests' waitTimeout: two nested TCG guests booting at once took 770 s to
+    their first address on a loaded 2-core machine."""
+    deadline = time.monotonic() + GUEST_WAIT
     while _console(host, name).count("VELA-GUEST-READY") < boots \
             and time.monotonic() < deadline:
         time.sleep(5)
@@ -125,7 +129,7 @@ def test_two_nested_guests_one_per_socket_survive_a_reboot(lab, tmp_path):
                 "kernelBoot": {"kernel": "/usr/local/share/vela-guest/vmlinuz",
                                "initrd": "/usr/local/share/vela-guest/initrd.img",
                                "cmdline": "console=ttyS0 no_timer_check"},
-                "domainType": "qemu", "cpuModel": "qemu64", "waitTimeout": 1200,
+                "domainType": "qemu", "cpuModel": "qemu64", "waitTimeout": GUEST_WAIT,
                 "shutdownTimeout": 20}  # the lab's busybox guest ignores ACPI shutdown
         names = ["lab-vm0", "lab-vm1"]
         inputs = []
