@@ -14,6 +14,7 @@ host's pooled transport (what `ssh -J` does), and its own host key is checked as
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import socket
@@ -79,19 +80,19 @@ class _Connection:
     def drop_if_dead(self) -> None:
         with self._lock:
             if self._transport is not None and not self._transport.is_active():
-                self._transport.close()
+                _close_quietly(self._transport)
                 self._transport = None
 
     def close(self) -> None:
         with self._lock:
             if self._transport is not None:
-                self._transport.close()
+                _close_quietly(self._transport)
                 self._transport = None
 
     def _drop(self, transport: paramiko.Transport) -> None:
         with self._lock:
             if self._transport is transport:
-                transport.close()
+                _close_quietly(transport)
                 self._transport = None
 
     def _live_transport(self, spec: SshHost) -> paramiko.Transport:
@@ -338,3 +339,12 @@ def _feed_stdin(channel: paramiko.Channel, data: bytes | None) -> threading.Thre
     thread = threading.Thread(target=feed, name="ssh-stdin", daemon=True)
     thread.start()
     return thread
+
+
+def _close_quietly(transport: paramiko.Transport) -> None:
+    """Close a connection that may already be dead. Through a jump host, its socket is a
+    channel of the jump's connection, and closing that channel sends a message there: when the
+    jump's connection went away first, paramiko raises EOFError (or a socket error) from close.
+    The connection is gone either way."""
+    with contextlib.suppress(EOFError, OSError, paramiko.SSHException):
+        transport.close()
