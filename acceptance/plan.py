@@ -157,14 +157,16 @@ def network_plan(machines: list[Machine], options: Options = Options()) -> list[
 def _test_network(machines: list[Machine], cidr: str) -> list[Step]:
     """Bring each benchmark interface up with an address of `cidr`, in machine order; a VM's
     host gets every NIC port up too (a VF has no link while its PF is down)."""
-    steps, hosts = [], {}
+    steps, seen = [], set()
     for machine in machines:
         host = machine.hypervisor
-        ports = (host.ports or (host.interface,)) if host is not None else ()
-        if host is not None and any(ports) and host.name not in hosts:
-            hosts[host.name] = host
+        if host is None or host.name in seen:
+            continue
+        seen.add(host.name)
+        ports = [port for port in host.ports or (host.interface,) if port]
+        if ports:
             steps.append(Step(f"link up {host.name}", host,
-                              _root(["sh", "-c", _ALL_UP, "sh", *filter(None, ports)])))
+                              _root(["sh", "-c", _ALL_UP, "sh", *ports])))
     network = _network(cidr, len(machines))
     for machine, address in zip(machines, network.hosts(), strict=False):
         steps.append(Step(f"test address {machine.name}", machine, _root([

@@ -211,7 +211,6 @@ class _LogReader:
                                     _unescape(found["data"])))
         return writes
 
-
     def _joined(self, lines: list[str]) -> list[str]:
         """Each call on one line: `PID write(...<unfinished ...>` waits for its `PID <... write
         resumed>) = N`, and the call counts where it completed (its bytes are in place then)."""
