@@ -42,8 +42,9 @@ PACKAGES = [
     # install has it; GpuVm validates a domain with the host's own schema through it
     "libxml2-utils",
     "dnsmasq-base", "iptables",  # libvirt's NAT network hands guests DHCP leases
-    # the minimal nested guest (kernel + initramfs with a static busybox)
-    "busybox-static", "cpio",
+    # the minimal nested guest (kernel + initramfs with a static busybox; xz unpacks the
+    # kernel's ELF image from Debian's bzImage, which the guest boots without decompressing)
+    "busybox-static", "cpio", "xz-utils",
     # the acceptance benchmark on the lab: iperf3 host to host, and in the nested guests with
     # an SSH server (dropbear: small, its libraries copied into the guest's initramfs)
     "iperf3", "dropbear-bin",

@@ -1,4 +1,5 @@
-"""Shared fixtures: fake host roots, a real sshd on loopback, SSH hosts pointed at it."""
+"""Shared fixtures: fake host roots, a real sshd on loopback, SSH hosts pointed at it; and a
+failure's report printed as soon as the test fails."""
 
 from __future__ import annotations
 
@@ -8,6 +9,25 @@ import providers  # noqa: F401  (installs the SDK workaround before any resource
 from providers.host import KeyFile, LocalHost, SshHost, close_all_connections
 from tests.support.hgx import hgx_a100
 from tests.support.sshd import Sshd
+
+_config: pytest.Config | None = None
+
+
+def pytest_configure(config):
+    global _config
+    _config = config
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_logreport(report):
+    """A failure's report at once, not only in the summary at the end: a run stopped part of
+    the way (CI's time limit) still shows why each test that failed before it failed."""
+    reporter = _config and _config.pluginmanager.get_plugin("terminalreporter")
+    if not report.failed or not reporter:
+        return
+    reporter.write("\n")
+    reporter.write_sep("!", f"{report.nodeid} failed ({report.when}); its report follows")
+    reporter.write_line(str(report.longrepr)[-6000:])
 
 
 @pytest.fixture(scope="session")

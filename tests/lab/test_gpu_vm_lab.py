@@ -25,7 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import pytest
+import yaml
 
+from components.runner import PROJECT_ROOT
 from providers.gpu_vm.provider import GpuVmProvider
 from providers.host_tuning.provider import HostTuningProvider
 from providers.sriov_pool.provider import SriovPoolProvider
@@ -35,6 +37,9 @@ from tests.support.provider_harness import ProviderCallError, ProviderServer, wi
 pytestmark = pytest.mark.slow
 # How long a nested guest may take to boot (TCG inside a TCG host), to an address or a READY.
 GUEST_WAIT = 1200
+# The lab's minimal guest as the dev stack boots it (kernel, initramfs, command line).
+LAB_GUEST_BOOT = yaml.safe_load((PROJECT_ROOT / "Pulumi.dev.yaml").read_text()
+                                )["config"]["vela:kernelBoot"]
 # Per host NUMA node: the GPU stand-in and the igb on its own root port.
 GPUS = ["0000:43:00.0", "0000:83:00.0"]
 ISOLATED_PFS = ["0000:45:00.0", "0000:85:00.0"]
@@ -126,9 +131,7 @@ def test_two_nested_guests_one_per_socket_survive_a_reboot(lab, tmp_path):
 
         base = {**_base(lab_host), "vcpus": 1, "memoryGib": 1, "gpus": 1,
                 "gpuSelector": ["1af4:1110"], "vfs": vfs, "reservedCpus": 0,
-                "kernelBoot": {"kernel": "/usr/local/share/vela-guest/vmlinuz",
-                               "initrd": "/usr/local/share/vela-guest/initrd.img",
-                               "cmdline": "console=ttyS0 no_timer_check"},
+                "kernelBoot": LAB_GUEST_BOOT,
                 "domainType": "qemu", "cpuModel": "qemu64", "waitTimeout": GUEST_WAIT,
                 "shutdownTimeout": 20}  # the lab's busybox guest ignores ACPI shutdown
         names = ["lab-vm0", "lab-vm1"]
@@ -212,8 +215,8 @@ def test_two_nested_guests_one_per_socket_survive_a_reboot(lab, tmp_path):
 # A guest vela did not make: the lab's minimal kernel and initramfs, no devices.
 TENANT = """<domain type='qemu'><name>tenant</name><memory unit='MiB'>160</memory><vcpu>1</vcpu>
 <os><type arch='x86_64' machine='q35'>hvm</type>
-<kernel>/usr/local/share/vela-guest/vmlinuz</kernel>
-<initrd>/usr/local/share/vela-guest/initrd.img</initrd><cmdline>console=ttyS0</cmdline></os>
+<kernel>/usr/local/share/vela-guest/vmlinux</kernel>
+<initrd>/usr/local/share/vela-guest/initrd.cpio</initrd><cmdline>console=ttyS0</cmdline></os>
 <devices><memballoon model='none'/></devices></domain>"""
 
 

@@ -43,8 +43,8 @@ from tests.support.hgx import hgx_a100
 from tests.support.recorded import recorded
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
-KERNEL = {"kernel": "/usr/local/share/vela-guest/vmlinuz",
-          "initrd": "/usr/local/share/vela-guest/initrd.img"}
+KERNEL = {"kernel": "/usr/local/share/vela-guest/vmlinux",
+          "initrd": "/usr/local/share/vela-guest/initrd.cpio"}
 # An Ice Lake-SP Xeon, the HGX A100 reference design's CPU: "46 bits physical, 57 bits virtual".
 ICE_LAKE_BITS = 46
 DEBIAN_12 = (9, 0, 0)  # libvirt on Debian 12: <maxphysaddr> emulate only (no limit=)

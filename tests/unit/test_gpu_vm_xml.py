@@ -31,8 +31,8 @@ from tests.support.recorded import recorded
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
-KERNEL = {"kernel": "/usr/local/share/vela-guest/vmlinuz",
-          "initrd": "/usr/local/share/vela-guest/initrd.img"}
+KERNEL = {"kernel": "/usr/local/share/vela-guest/vmlinux",
+          "initrd": "/usr/local/share/vela-guest/initrd.cpio"}
 
 
 @pytest.fixture(scope="module")

@@ -181,4 +181,4 @@ def test_the_dev_stack_config_is_valid(tmp_path):
     assert len(run.of_type("GpuVm")) == 4  # two per host, one per socket
     assert run.by_name()["lab-1-vm1"].inputs["hostShare"] == {"index": 1, "count": 2}
     vm = run.by_name()["lab-0-vm0"].inputs
-    assert vm["domainType"] == "qemu" and vm["kernelBoot"]["kernel"].endswith("vmlinuz")
+    assert vm["domainType"] == "qemu" and vm["kernelBoot"]["kernel"].endswith("vmlinux")
