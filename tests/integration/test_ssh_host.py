@@ -27,21 +27,33 @@ from providers.errors import (
     UnknownHostKey,
 )
 from providers.host import AgentKeys, KeyFile, SecretKey, SshHost
-from tests.support.sshd import free_port, keygen
+from tests.support.sshd import Sshd, free_port, keygen
 from tests.support.threads import run_concurrently
 
 
-def test_commands_share_one_connection_across_threads(sshd, ssh_host):
-    logins = sshd.logins()
+def test_commands_share_one_connection_across_threads(tmp_path):
+    # A server of its own, whose log holds this test's logins only: the session's server also
+    # serves provider processes of earlier modules (a fresh Debian root's run once counted a
+    # login more there than this test's connections made).
+    server = Sshd(tmp_path / "sshd").start()
+
+    def handle() -> SshHost:  # a fresh handle for every command, as provider calls make them
+        return SshHost("127.0.0.1", port=server.port, user=server.user,
+                       client_key=KeyFile(str(server.client_key_path)),
+                       pinned_host_keys=[server.host_key], connect_timeout=5.0)
 
     def worker(number: int) -> list[str]:
-        # A fresh handle for every command, as provider calls make them.
-        return [ssh_host().run(["echo", f"{number}-{step}"]).text.strip() for step in range(5)]
+        return [handle().run(["echo", f"{number}-{step}"]).text.strip() for step in range(5)]
 
-    outputs = run_concurrently(worker, list(range(4)))
-    assert outputs == [[f"{n}-{s}" for s in range(5)] for n in range(4)]
-    assert sshd.logins() - logins == 1
-    assert ssh_host().connection.connects == 1
+    try:
+        outputs = run_concurrently(worker, list(range(4)))
+        assert outputs == [[f"{n}-{s}" for s in range(5)] for n in range(4)]
+        assert handle().connection.connects == 1, server.log()[-3000:]
+        assert server.logins() == 1, server.log()[-3000:]
+        assert server.sessions() == 20
+    finally:
+        handle().drop_connection()
+        server.stop()
 
 
 def test_known_hosts_file_plain_and_hashed(sshd, ssh_host, tmp_path):
