@@ -7,6 +7,7 @@ import pytest
 
 import providers  # noqa: F401  (installs the SDK workaround before any resource is built)
 from providers.host import KeyFile, LocalHost, SshHost, close_all_connections
+from tests.lab.conftest import console_tails
 from tests.support.hgx import hgx_a100
 from tests.support.sshd import Sshd
 
@@ -28,6 +29,9 @@ def pytest_runtest_logreport(report):
     reporter.write("\n")
     reporter.write_sep("!", f"{report.nodeid} failed ({report.when}); its report follows")
     reporter.write_line(str(report.longrepr)[-6000:])
+    consoles = console_tails() if "slow" in report.keywords else ""
+    if consoles:  # a lab test: the hosts' consoles, while the hosts are still there
+        reporter.write_line(consoles)
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ that need a host prepared their way, or several hosts, boot their own with `boot
 
 from __future__ import annotations
 
+import shutil
 from contextlib import contextmanager
 
 import pytest
@@ -46,14 +47,38 @@ def host_snapshot(host) -> list[str]:
     return host.run_script(HOST_SNAPSHOT, timeout=120).text.splitlines()
 
 
+# The labs booted now: a test that fails shows the end of each host's console (tests/conftest.py)
+# while the hosts are still there, so a host that never came back says why.
+LIVE_LABS: list[Lab] = []
+
+
+def console_tails(lines: int = 40) -> str:
+    """The last `lines` of each live lab host's console."""
+    tails = []
+    for lab in LIVE_LABS:
+        for host in lab.hosts():
+            console = host.spec.path("console.log")
+            text = console.read_text(errors="replace") if console.exists() else ""
+            tail = "\n".join(text.splitlines()[-lines:])
+            tails.append(f"--- {host.name} console ({console}), last {lines} lines ---\n{tail}")
+    return "\n".join(tails)
+
+
 @contextmanager
 def booted_lab(tmp_path_factory, hosts: int = 1):
-    """A lab of `hosts` booted hosts in a fresh directory, always torn down."""
+    """A lab of `hosts` booted hosts in a fresh directory, always torn down; each host's
+    console log stays in that directory (`lab-N-console.log`)."""
     lab = Lab(tmp_path_factory.mktemp("lab"))
+    LIVE_LABS.append(lab)
     try:
         lab.up(hosts)
         yield lab
     finally:
+        LIVE_LABS.remove(lab)
+        for host in lab.hosts():
+            console = host.spec.path("console.log")
+            if console.exists():
+                shutil.copyfile(console, lab.directory / f"{host.name}-console.log")
         lab.down()
 
 
