@@ -2,13 +2,14 @@
 the same moment, one per socket (hostShare), each with its socket's GPU stand-in and a VF of its
 socket's igb, boot, take DHCP leases, answer pings and see both devices on their NUMA node 0;
 the VFs carry the names the NCCL topology file and environment give them, and the topology file
-is where NCCL reads it. Both guests are then rebooted (a system reset, what a guest's own
-reboot does under on_reboot=restart) and come back with their tuning and topology file. Applying
-again changes nothing and refresh reads them in sync; a third guest wanting a held GPU and one
-wanting a CPU both guests' vCPUs hold fail clearly, leaving nothing behind. Then the host needs
-a reboot (HostTuning): refused, with nothing changed, while a guest vela did not make runs;
-without it, both guests are stopped by vela, the host reboots, and they come back, booted after
-the host, with their tuning. Delete removes the domains and their volumes.
+is where NCCL reads it. Applying again changes nothing and refresh reads them in sync; a third
+guest wanting a held GPU and one wanting a CPU both guests' vCPUs hold fail clearly, leaving
+nothing behind. Then the host needs a reboot (HostTuning): refused, with nothing changed, while
+a guest vela did not make runs; without it, both guests are stopped by vela, the host reboots,
+and they come back, booted after the host, with their tuning and topology file: both guests
+rebooted, each new boot checked as the first. (A `virsh reset` round, a guest's own reboot under
+on_reboot=restart, was dropped for CI's time: the lab guest's init runs the tuning at every
+boot either way.) Delete removes the domains and their volumes.
 
 The host is prepared as HostTuning and SriovPool would leave it (1 GiB pages reserved at boot and
 served by /dev/hugepages, the VFs bound to vfio-pci), plus libvirt's default NAT network started.
@@ -170,14 +171,6 @@ def test_two_nested_guests_one_per_socket_survive_a_reboot(lab, tmp_path):
                                  ).text.strip()
             pf_link = host.run(["ip", "-j", "-d", "link", "show", "dev", pf_netdev]).text
             assert vfs[node]["mac"] in pf_link
-
-        # -- reboot both guests: a system reset, as a guest's own reboot is under
-        # on_reboot=restart; the tuning and the topology file come back at boot ---------------
-        for name in names:
-            host.run(["virsh", "reset", name], timeout=60)
-        for node, (name, out) in enumerate(zip(names, outs, strict=True)):
-            _, second = _guest_boots(host, name, 2)
-            _assert_tuned(second, out, node)
 
         listed = host.run(["virsh", "-q", "list", "--all", "--name"]).text
         for (id_, out), checked in zip(created, inputs, strict=True):
