@@ -39,6 +39,12 @@ from .qmp import Qmp, QmpError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 KERNEL_PANIC = b"Kernel panic - not syncing"
+# RCU's stall report when a CPU's timer stopped firing (kernel/rcu/tree_stall.h,
+# rcu_check_gp_kthread_expired_fqs_timer). Seen under TCG on a lab host's first boot, started
+# alone beside busy hosts: the boot CPU idles for good, reported every 21 s, the boot never ends.
+# Three reports (a minute with no timer) and the host is power-cycled once (Lab.up).
+TIMER_STALL = b"kthread timer wakeup didn't happen"
+TIMER_STALLS_TO_RESTART = 3
 # TCG boots take 25-50 s alone, but 3 hosts booting on 2 busy cores have been seen to stall
 # (RCU stalls) past 420 s; a panic in this boot ends the wait early (wait_for_ssh).
 BOOT_DEADLINE = 900.0
@@ -52,6 +58,10 @@ POLL_CONNECT_TIMEOUT = 5.0
 
 class LabError(RuntimeError):
     pass
+
+
+class LabStalled(LabError):
+    """The booting kernel's timer stopped firing: this boot will not end."""
 
 
 def lab_dir() -> Path:
@@ -113,9 +123,23 @@ class Lab:
                 f"{BOOT_DEADLINE:.0f} s each; a note every 30 s while one is not up)")
             # One thread per host: each wait touches only its own host's connection.
             with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
-                list(pool.map(lambda host: self.wait_for_ssh(
-                    host, log=log, console_seen=0 if host.name in started else None), hosts))
+                list(pool.map(lambda host: self._wait_for_boot(
+                    host, host.name in started, log), hosts))
         return hosts
+
+    def _wait_for_boot(self, host: LabHost, started: bool, log) -> str:
+        """Wait for a host `up` found running, or started (from its console's start): a first
+        boot whose timer stalled is power-cycled once, as a BMC's watchdog would."""
+        if not started:
+            return self.wait_for_ssh(host, log=log)
+        try:
+            return self.wait_for_ssh(host, log=log, console_seen=0)
+        except LabStalled as stalled:
+            log(f"{host.name}: {str(stalled).splitlines()[0]}; cutting its power and starting "
+                f"it again (once)")
+            self._stop(host)
+            self._start(host)
+            return self.wait_for_ssh(host, log=log, console_seen=0)
 
     def down(self, log=print) -> None:
         for host in self.hosts():
@@ -193,10 +217,15 @@ class Lab:
         def check() -> None:
             if not host.running():
                 raise LabError(f"{host.name}: QEMU exited; console:\n{self.console_tail(host)}")
-            if self._panicked_since(host, console_seen):
+            since = self._console_since(host, console_seen)
+            if KERNEL_PANIC in since:
                 # A panicked kernel never answers; say so now rather than after the deadline.
                 raise LabError(f"{host.name}: the kernel panicked while booting; console:\n"
                                f"{self.console_tail(host)}")
+            if since.count(TIMER_STALL) >= TIMER_STALLS_TO_RESTART:
+                raise LabStalled(f"{host.name}: the booting kernel's timer stopped firing "
+                                 f"({TIMER_STALLS_TO_RESTART} RCU stall reports); console:\n"
+                                 f"{self.console_tail(host)}")
 
         try:
             yield self.ssh_host(host, connect_timeout=POLL_CONNECT_TIMEOUT), check
@@ -213,13 +242,13 @@ class Lab:
             return 0
 
     @staticmethod
-    def _panicked_since(host: LabHost, offset: int) -> bool:
+    def _console_since(host: LabHost, offset: int) -> bytes:
         try:
             with open(host.spec.path("console.log"), "rb") as console:
                 console.seek(offset)
-                return KERNEL_PANIC in console.read()
+                return console.read()
         except OSError:
-            return False
+            return b""
 
     def console_tail(self, host: LabHost, lines: int = 30) -> str:
         try:

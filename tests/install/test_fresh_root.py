@@ -98,7 +98,10 @@ def test_setup_then_fast_tests_on_a_fresh_debian_root(root, tmp_path):
     assert no_go.returncode == 3, no_go.stdout
     assert "Go is not installed" in no_go.stdout and "official Pulumi CLI" in no_go.stdout
 
-    tests = chroot_run(root, f"cd {INSIDE} && scripts/test --fast -q -p no:cacheprovider",
+    # Less the two scale tests (2,000 nodes through the program, 2,000 resources through the
+    # SDK: 45 s of pure Python that the root's installs do not change; they run outside it).
+    tests = chroot_run(root, f"cd {INSIDE} && scripts/test --fast -q -p no:cacheprovider "
+                             "-k 'not 2000 and not two_thousand'",
                        env=env, binds=[cache], log_file=tmp_path / "test.log")
     output = (tmp_path / "test.log").read_text()
     print(output[-3000:])

@@ -17,7 +17,7 @@ import threading
 
 import pytest
 
-from lab.hosts import Lab, LabError, LabHost
+from lab.hosts import Lab, LabError, LabHost, LabStalled
 from lab.machine import HostSpec
 from providers.errors import CommandTimeout, ConnectionLost, HostError, HostUnreachable
 from providers.host import CommandResult, Host, KeyFile, SshHost
@@ -36,6 +36,13 @@ DROPPED = ConnectionLost("node-7", "the connection dropped while running 'cat ..
 # the host vanished without closing TCP, so the poll waited out its deadline (SshHost._collect).
 HUNG = CommandTimeout("node-7", "cat -- /proc/sys/kernel/random/boot_id", -1, "", "",
                       reason="did not return within 45 s")
+
+# A lab host's first boot in a CI run, stalled in its initramfs: RCU's report every 21 s that the
+# boot CPU's timer no longer fires (three of its 21 reports, as the console had them).
+TIMER_STALL = "".join(
+    f"[{t:>12.6f}] rcu: rcu_preempt kthread timer wakeup didn't happen for 5251 jiffies! g297 "
+    f"f0x0 RCU_GP_WAIT_FQS(5) ->state=0x402\n[{t:>12.6f}] rcu: \tPossible timer handling issue "
+    f"on cpu=0 timer-softirq=11\n" for t in (34.883441, 55.890999, 118.921587))
 
 OTHER_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 
@@ -222,3 +229,52 @@ def test_qemu_gone_ends_the_wait(tmp_path, lab_host):
     lab_host.spec.path("qemu.pid").unlink()  # QEMU removes its pidfile when it exits
     with pytest.raises(LabError, match="QEMU exited"):
         Lab(tmp_path).wait_for_ssh(lab_host, deadline=60.0, log=lambda _: None)
+
+
+def test_a_boot_whose_timer_stopped_ends_the_wait(tmp_path, lab_host):
+    console = lab_host.spec.path("console.log")
+    console.write_text("[    0.000000] Linux version 6.1.0\n" + TIMER_STALL)
+    with pytest.raises(LabStalled, match="timer stopped firing") as raised:
+        Lab(tmp_path).wait_for_ssh(lab_host, deadline=60.0, log=lambda _: None, console_seen=0)
+    assert "Possible timer handling issue" in str(raised.value)
+
+
+def test_two_stall_reports_are_not_yet_a_stalled_boot(tmp_path, lab_host):
+    two = "".join(TIMER_STALL.splitlines(keepends=True)[:4])
+    lab_host.spec.path("console.log").write_text("[    0.000000] Linux version 6.1.0\n" + two)
+    with pytest.raises(LabError, match="no SSH within 3 s") as raised:
+        Lab(tmp_path).wait_for_ssh(lab_host, deadline=3.0, log=lambda _: None, console_seen=0)
+    assert not isinstance(raised.value, LabStalled)
+
+
+def test_up_power_cycles_a_stalled_first_boot_once(tmp_path, lab_host, monkeypatch):
+    lab, events = Lab(tmp_path), []
+    waits = iter([LabStalled("lab-0: the booting kernel's timer stopped firing"), "boot-b"])
+
+    def wait(host, *, log, console_seen=None):
+        events.append(("wait", console_seen))
+        answer = next(waits)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(lab, "wait_for_ssh", wait)
+    monkeypatch.setattr(lab, "_stop", lambda host: events.append("stop"))
+    monkeypatch.setattr(lab, "_start", lambda host: events.append("start"))
+    lines: list[str] = []
+    assert lab._wait_for_boot(lab_host, True, lines.append) == "boot-b"
+    assert events == [("wait", 0), "stop", "start", ("wait", 0)]
+    assert "cutting its power and starting it again (once)" in lines[0]
+
+
+def test_up_power_cycles_only_once(tmp_path, lab_host, monkeypatch):
+    lab = Lab(tmp_path)
+
+    def wait(host, *, log, console_seen=None):
+        raise LabStalled("lab-0: the booting kernel's timer stopped firing")
+
+    monkeypatch.setattr(lab, "wait_for_ssh", wait)
+    monkeypatch.setattr(lab, "_stop", lambda host: None)
+    monkeypatch.setattr(lab, "_start", lambda host: None)
+    with pytest.raises(LabStalled):
+        lab._wait_for_boot(lab_host, True, lambda _: None)
