@@ -99,38 +99,61 @@ for node in "$R"/sys/devices/system/node/node[0-9]*; do
 done
 
 # -- PCI functions ------------------------------------------------------------------------------
-set --
-order=
-for dev in "$R"/sys/bus/pci/devices/*; do
-  [ -e "$dev" ] || continue
-  addr=${dev##*/}
-  for attr in vendor device class subsystem_vendor subsystem_device numa_node \
-              sriov_totalvfs sriov_numvfs driver_override; do
-    [ -e "$dev/$attr" ] || continue
-    first_line "$dev/$attr"; emit pci "$addr" "$attr" "$v"
+# pci_functions: each function's attributes and config space; fails when functions changed
+# while it read them (below).
+pci_functions() {
+  set --
+  order=
+  for dev in "$R"/sys/bus/pci/devices/*; do
+    [ -e "$dev" ] || continue
+    addr=${dev##*/}
+    for attr in vendor device class subsystem_vendor subsystem_device numa_node \
+                sriov_totalvfs sriov_numvfs driver_override; do
+      [ -e "$dev/$attr" ] || continue
+      first_line "$dev/$attr"; emit pci "$addr" "$attr" "$v"
+    done
+    if [ -r "$dev/resource" ]; then  # BAR sizes (64-bit arithmetic, no process started)
+      bars='' index=0
+      while read -r start end _flags; do
+        size=$((end - start + 1)); [ "$end" = 0x0000000000000000 ] && size=0
+        [ "$index" -lt 6 ] && bars="$bars$size,"
+        index=$((index + 1))
+      done < "$dev/resource"
+      emit pci "$addr" bars "${bars%,}"
+    fi
+    for netdev in "$dev"/net/*; do
+      [ -e "$netdev" ] && emit pci "$addr" net "${netdev##*/}"
+    done
+    if [ -r "$dev/config" ]; then
+      set -- "$@" "$dev/config"
+      order="$order $addr"
+    fi
   done
-  if [ -r "$dev/resource" ]; then  # BAR sizes (64-bit arithmetic, no process started)
-    bars='' index=0
-    while read -r start end _flags; do
-      size=$((end - start + 1)); [ "$end" = 0x0000000000000000 ] && size=0
-      [ "$index" -lt 6 ] && bars="$bars$size,"
-      index=$((index + 1))
-    done < "$dev/resource"
-    emit pci "$addr" bars "${bars%,}"
+  # Config spaces are mostly zeros: one gzip member per function (in `order`), all in one stream.
+  # A function that vanished after it was listed (a VF removed by another operation on this host,
+  # as the engine runs a node's pools at once) leaves no member and shifts the rest: gzip says so
+  # (its status, passed on as a '!' outside the base64 alphabet) and the caller reads again.
+  if [ $# -gt 0 ]; then
+    emit pci - config_order "${order# }"
+    gz=$( { { gzip -n -1 -c -- "$@" 2>/dev/null || printf '!' >&3; } | base64 -w0; } 3>&1)
+    case $gz in *!*) return 1 ;; esac
+    emit pci - config_gzip "$gz"
   fi
-  for netdev in "$dev"/net/*; do
-    [ -e "$netdev" ] && emit pci "$addr" net "${netdev##*/}"
-  done
-  if [ -r "$dev/config" ]; then
-    set -- "$@" "$dev/config"
-    order="$order $addr"
+}
+# Read again when functions came or went meanwhile (up to 3 times, a second apart): what is
+# printed is one consistent reading. Still changing after that: say so (parse.py makes it an
+# error that names the cause).
+tries=1
+until pci=$(pci_functions); do
+  if [ "$tries" -ge 3 ]; then
+    pci="$pci
+$(emit pci - config_changing "$tries")"
+    break
   fi
+  tries=$((tries + 1))
+  sleep 1
 done
-# Config spaces are mostly zeros: one gzip member per function (in `order`), all in one stream.
-if [ $# -gt 0 ]; then
-  emit pci - config_order "${order# }"
-  emit pci - config_gzip "$(gzip -n -1 -c -- "$@" | base64 -w0)"
-fi
+printf '%s\n' "$pci"
 # Where each function sits in the tree (its chain of upstream bridges) and its driver, IOMMU
 # group and SR-IOV links, all from two processes.
 if [ -d "$R/sys/bus/pci/devices" ]; then

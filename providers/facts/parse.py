@@ -82,6 +82,11 @@ def parse_gather_output(text: str) -> HostFacts:
             links[posixpath.basename(subject.rstrip("/"))][field] = value
     facts.iommu = iommu
     facts.numa_nodes = [nodes[key] for key in sorted(nodes)]
+    if "config_changing" in configs:
+        raise GatherOutputError(
+            f"the host's PCI functions kept changing while vela read them "
+            f"({configs['config_changing']} readings a second apart: VFs created or removed by "
+            f"another operation?); run again once it is done")
     spaces = _config_spaces(configs.get("config_order", ""), configs.get("config_gzip", ""))
     facts.pci = {address: _device(address, attributes[address], links.get(address, {}),
                                   sorted(nets.get(address, [])), spaces.get(address))
