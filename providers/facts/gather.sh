@@ -99,9 +99,10 @@ for node in "$R"/sys/devices/system/node/node[0-9]*; do
 done
 
 # -- PCI functions ------------------------------------------------------------------------------
-# pci_functions: each function's attributes and config space; fails when functions changed
+# pci_functions: each function's attributes and config space; fails when functions came or went
 # while it read them (below).
 pci_functions() {
+  listed=$(printf '%s\n' "$R"/sys/bus/pci/devices/*)
   set --
   order=
   for dev in "$R"/sys/bus/pci/devices/*; do
@@ -139,6 +140,8 @@ pci_functions() {
     case $gz in *!*) return 1 ;; esac
     emit pci - config_gzip "$gz"
   fi
+  # Functions gone or come while their attributes were read: a partial record; read again.
+  [ "$(printf '%s\n' "$R"/sys/bus/pci/devices/*)" = "$listed" ]
 }
 # Read again when functions came or went meanwhile (up to 3 times, a second apart): what is
 # printed is one consistent reading. Still changing after that: say so (parse.py makes it an

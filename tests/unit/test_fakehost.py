@@ -236,3 +236,22 @@ def test_functions_that_keep_changing_are_an_error_saying_so(tmp_path, monkeypat
                                          r"\(3 readings a second apart"):
         gather_facts(LocalHost(str(root)))
     assert (tmp_path / "slept").read_text() == "slept\nslept\n"
+
+
+def test_a_function_gone_after_its_attributes_were_read_is_not_reported(tmp_path, monkeypatch):
+    host = _small_host()
+    port = host.root_port(host.root_complex(0x10, 0), 1)
+    nic, = host.endpoint(port, vendor_id=0x8086, device_id=0x10C9, class_code=0x020000)
+    root = host.write(tmp_path / "root")
+    entry = root / "sys/bus/pci/devices" / nic.address
+    # Its sysfs entry goes while gzip runs (the stub removes it, then runs the real gzip), so
+    # gzip succeeds but the listing is not the one the attributes came from.
+    _stub_sleep(tmp_path, monkeypatch, ":")
+    real = next(path for path in os.environ["PATH"].split(":")[1:]
+                if os.access(os.path.join(path, "gzip"), os.X_OK))
+    gzip = tmp_path / "stubs" / "gzip"
+    gzip.write_text(f"#!/bin/sh\nrm -f {entry}\nexec {real}/gzip \"$@\"\n")
+    gzip.chmod(0o755)
+    facts = gather_facts(LocalHost(str(root)))
+    assert (tmp_path / "slept").read_text() == "slept\n"
+    assert nic.address not in facts.pci and port.address in facts.pci
