@@ -42,7 +42,9 @@ KERNEL_PANIC = b"Kernel panic - not syncing"
 # RCU's stall report when a CPU's timer stopped firing (kernel/rcu/tree_stall.h,
 # rcu_check_gp_kthread_expired_fqs_timer). Seen under TCG on a lab host's first boot, started
 # alone beside busy hosts: the boot CPU idles for good, reported every 21 s, the boot never ends.
-# Three reports (a minute with no timer) and the host is power-cycled once (Lab.up).
+# Seen too on a reboot of the boot-order host (CPU 1's timer, at 5 s into the boot), while the
+# machine ran other tests beside it. Three reports (a minute with no timer) and the host is
+# power-cycled once (Lab.up, Lab.reboot); the product's own reboots are not the lab's to retry.
 TIMER_STALL = b"kthread timer wakeup didn't happen"
 TIMER_STALLS_TO_RESTART = 3
 # TCG boots take 25-50 s alone, but 3 hosts booting on 2 busy cores have been seen to stall
@@ -128,12 +130,17 @@ class Lab:
         return hosts
 
     def _wait_for_boot(self, host: LabHost, started: bool, log) -> str:
-        """Wait for a host `up` found running, or started (from its console's start): a first
-        boot whose timer stalled is power-cycled once, as a BMC's watchdog would."""
+        """Wait for a host `up` found running, or started (from its console's start)."""
         if not started:
             return self.wait_for_ssh(host, log=log)
+        return self._unless_stalled(host, log, lambda: self.wait_for_ssh(
+            host, log=log, console_seen=0))
+
+    def _unless_stalled(self, host: LabHost, log, boot):
+        """`boot()` (a wait for a boot of `host`), but a boot whose timer stalled is
+        power-cycled once, as a BMC's watchdog would, and waited for again."""
         try:
-            return self.wait_for_ssh(host, log=log, console_seen=0)
+            return boot()
         except LabStalled as stalled:
             log(f"{host.name}: {str(stalled).splitlines()[0]}; cutting its power and starting "
                 f"it again (once)")
@@ -192,8 +199,12 @@ class Lab:
             return
         log(f"{host.name}: rebooting from inside; waiting up to {BOOT_DEADLINE:.0f} s for SSH "
             f"in a new boot")
-        with self._watched(host, BOOT_DEADLINE) as (ssh, check):
-            reboot_and_wait(ssh, BOOT_DEADLINE, poll=POLL_SECONDS, progress=log, check=check)
+        def reboot() -> str:
+            with self._watched(host, BOOT_DEADLINE) as (ssh, check):
+                return reboot_and_wait(ssh, BOOT_DEADLINE, poll=POLL_SECONDS, progress=log,
+                                       check=check)
+
+        self._unless_stalled(host, log, reboot)
 
     def power_cycle(self, index: int, *, wait: bool = True, log=print) -> None:
         """Cut the power and turn it back on: QEMU quits at once and starts again with the same

@@ -17,6 +17,7 @@ import threading
 
 import pytest
 
+from lab import hosts as hosts_module
 from lab.hosts import Lab, LabError, LabHost, LabStalled
 from lab.machine import HostSpec
 from providers.errors import CommandTimeout, ConnectionLost, HostError, HostUnreachable
@@ -278,3 +279,20 @@ def test_up_power_cycles_only_once(tmp_path, lab_host, monkeypatch):
     monkeypatch.setattr(lab, "_start", lambda host: None)
     with pytest.raises(LabStalled):
         lab._wait_for_boot(lab_host, True, lambda _: None)
+
+
+def test_a_reboot_whose_boot_stalled_is_power_cycled_once(tmp_path, lab_host, monkeypatch):
+    lab, events = Lab(tmp_path), []
+
+    def stalled_reboot(ssh, deadline, **_):
+        events.append("reboot")
+        raise LabStalled("lab-0: the booting kernel's timer stopped firing")
+
+    monkeypatch.setattr(hosts_module, "reboot_and_wait", stalled_reboot)
+    monkeypatch.setattr(lab, "host", lambda index: lab_host)
+    monkeypatch.setattr(lab, "_stop", lambda host: events.append("stop"))
+    monkeypatch.setattr(lab, "_start", lambda host: events.append("start"))
+    monkeypatch.setattr(lab, "wait_for_ssh", lambda host, *, log, console_seen=None:
+                        events.append(("wait", console_seen)) or "boot-b")
+    lab.reboot(0, log=lambda _: None)
+    assert events == ["reboot", "stop", "start", ("wait", 0)]
