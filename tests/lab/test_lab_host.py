@@ -1,4 +1,6 @@
-"""A real emulated hypervisor host, booted and checked through the facts layer over SSH."""
+"""A real emulated hypervisor host, booted and checked through the facts layer over SSH. (That a
+command line changed through GRUB is in effect after a reboot, and not before, is the first step
+of test_tuning_and_pools_lab.py, on this same host.)"""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ import pytest
 
 from lab.machine import GPU_STAND_IN, SRIOV_NIC
 from providers.facts import gather_facts
-from tests.support.kernel_cmdline import cmdline_value
 
 pytestmark = pytest.mark.slow
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -52,18 +53,6 @@ def test_booted_host_has_the_hgx_like_shape(lab):
         assert switch is not None and facts.upstream_switch(nic.address) == switch
         assert gpu.numa_node == nic.numa_node == node
         assert nic.sriov_totalvfs > 0 and nic.driver == "igb" and nic.net
-
-
-def test_command_line_change_through_grub_is_active_after_reboot(lab):
-    host = lab.ssh_host(lab.host(0))
-    grub = host.read_file("/etc/default/grub").decode()
-    line = next(line for line in grub.splitlines() if line.startswith("GRUB_CMDLINE_LINUX="))
-    changed = grub.replace(line, line[:-1] + ' vela.lab_check=42"')
-    host.write_file("/etc/default/grub", changed.encode())
-    host.run(["update-grub"], timeout=300)
-    assert cmdline_value(_facts(lab).cmdline, "vela.lab_check") is None  # not before a reboot
-    lab.reboot(0)
-    assert cmdline_value(_facts(lab).cmdline, "vela.lab_check") == "42"
 
 
 def test_power_cycle_keeps_disk_port_and_identity(lab):
