@@ -13,7 +13,7 @@ reboots, and it comes back, booted after the host, with its tuning and topology 
 boot checked as the first; the guest that was not running stays stopped (vela starts again only
 what it stopped). Delete removes the domains and their volumes.
 
-One nested guest boots at a time: under TCG inside a TCG host, one boots in about 7 min, two
+One nested guest boots at a time: under TCG inside a TCG host, one boots in 7-10 min, two
 together took 13-16 min, and twice a lab host with two guests booting stopped answering (its
 timer no longer fired, as RCU's stall reports on its console said) and the test waited out its
 timeouts. (A `virsh reset` round, a guest's own reboot under on_reboot=restart, was dropped for
