@@ -16,8 +16,9 @@ what it stopped). Delete removes the domains and their volumes.
 One nested guest boots at a time: under TCG inside a TCG host, one boots in 7-10 min, two
 together took 13-16 min, and a lab host with two guests booting stopped answering here (its
 timer no longer fired, as RCU's stall reports on its console said); CI's last run was still in
-this test when its 90 min ran out. (A `virsh reset` round, a guest's own reboot under on_reboot=restart, was dropped for
-CI's time too: the lab guest's init runs the tuning at every boot either way.)
+this test when its 90 min ran out. (A `virsh reset` round, a guest's own reboot under
+on_reboot=restart, was dropped for CI's time too: the lab guest's init runs the tuning at every
+boot either way.)
 
 The host is prepared as HostTuning and SriovPool would leave it (1 GiB pages reserved at boot and
 served by /dev/hugepages, the VFs bound to vfio-pci), plus libvirt's default NAT network started.
