@@ -59,7 +59,7 @@ def plan(spec: GpuVmArgs, target: DomainTarget, observed: VmObservations, at: Ro
     if starting:
         changes.append(Change(kind="domain", subject=spec.name, detail="start",
                               calls=[shell.call("vela_virsh", "start", spec.name)]))
-    if spec.start and (starting or not observed.addresses):
+    if spec.start and spec.wait_for_address and (starting or not observed.addresses):
         # In the same remote command as the start: one round trip starts and waits.
         changes.append(Change(kind="guest", subject=spec.name, detail="wait for its address",
                               calls=[shell.call("vela_vm_wait_address", spec.name,

@@ -143,6 +143,9 @@ class GpuVmArgs(SshTarget):
     network: str = "default"  # the libvirt network of the management interface
     start: bool = True
     wait_timeout: int = Field(default=600, ge=10, le=7200)  # boot until the guest has an address
+    # false: started, not waited for (a guest with static addressing, or one whose boot should
+    # not hold `pulumi up`: libvirt provider's wait_for_lease); its addresses come with refresh.
+    wait_for_address: bool = True
     # A graceful shutdown's deadline (then power off): a guest that ignores ACPI costs no more.
     shutdown_timeout: int = Field(default=120, ge=0, le=3600)
 

@@ -190,6 +190,17 @@ def test_a_new_guest_is_defined_started_and_waited_for():
     assert "vela_vm_wait_address vm 600" in first.calls[-1]
 
 
+def test_a_guest_not_waited_for_is_started_and_then_left_alone():
+    """waitForAddress: false: started in the same apply, never waited for, and a running guest
+    with no lease yet is no change (else every `pulumi up` would wait for it)."""
+    spec = _vm(waitForAddress=False)
+    first = vm_plan(spec, TARGET, VmObservations(), Round(booted=False, number=0))
+    assert _kinds(first) == ["define", "start"]
+    assert vm_plan(spec, TARGET, _running(addresses=()), Round(False, 1)).changes == []
+    assert _kinds(vm_plan(_vm(), TARGET, _running(addresses=()), Round(False, 1))) == \
+        ["wait for its address"]
+
+
 def test_a_host_with_virt_xml_validate_checks_the_xml_before_anything_is_written():
     """vela_vm_validate comes first, before the volume and the define, on a host that has
     virt-xml-validate and xmllint; nothing is validated once the definition is as wanted."""
