@@ -2,8 +2,8 @@
 can start from whatever state the host is in (each takes its own snapshot before it starts and
 checks against it), booted when first needed and torn down at the end of the session; modules
 that need a host prepared their way, or several hosts, boot their own with `booted_lab`. The
-shared host's last user is test_tuning_and_pools_lab.py (it leaves intel_iommu=off in GRUB's
-defaults), which pytest's order by file name keeps after test_lab_host.py."""
+shared host's last user is test_tuning_pools_and_guests_lab.py (it leaves intel_iommu=off in
+GRUB's defaults), which pytest's order by file name keeps after test_lab_host.py."""
 
 from __future__ import annotations
 

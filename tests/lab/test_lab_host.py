@@ -1,6 +1,6 @@
 """A real emulated hypervisor host, booted and checked through the facts layer over SSH. (That a
 command line changed through GRUB is in effect after a reboot, and not before, is the first step
-of test_tuning_and_pools_lab.py, on this same host.)"""
+of test_tuning_pools_and_guests_lab.py, on this same host.)"""
 
 from __future__ import annotations
 

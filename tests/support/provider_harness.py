@@ -29,7 +29,7 @@ PROVIDER_KEY = "__provider"
 UNKNOWN = rpc.UNKNOWN  # how the engine sends a value not known yet (preview)
 # The engine sets no deadline on provider calls: providers enforce their own (waitTimeout,
 # rebootTimeout, up to 7200 s). This one only stops a hung test, so it must exceed every
-# provider deadline a test sets (the GpuVm lab test gives its guest 1200 s to boot).
+# provider deadline a test sets (the lab's guest has 1200 s to boot).
 CALL_DEADLINE = 7800.0
 
 

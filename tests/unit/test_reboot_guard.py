@@ -3,7 +3,7 @@
 Through the provider's own converge (`converge_desired`) on the HGX fixture, the fake kernel
 doing the reboots. The fixture's root has no libvirt, so the running guests a host would report
 are added to what HostTuning observes; shutting vela's guests down and starting them again are
-recorded (the real ones run on a lab host: tests/lab/test_gpu_vm_lab.py).
+recorded (the real ones run on a lab host: tests/lab/test_tuning_pools_and_guests_lab.py).
 """
 
 from __future__ import annotations
