@@ -226,6 +226,17 @@ def test_a_panic_in_an_earlier_boot_does_not(tmp_path, lab_host):
                                    log=lambda _: None)
 
 
+def test_a_hung_boot_that_panics_and_reboots_itself_is_waited_for(tmp_path, lab_host):
+    """The lab image's hung_task_panic=1 panic=10: the kernel reboots after this panic, so the
+    wait goes on to its deadline (here: nothing answers) rather than ending at the panic."""
+    lab_host.spec.path("console.log").write_text(
+        "[    0.000000] Linux version 6.1.0\n[  242.6] INFO: task kworker/u5:0:9 blocked for "
+        "more than 120 seconds.\n[  242.7] Kernel panic - not syncing: hung_task: blocked "
+        "tasks\n[  252.7] Rebooting in 10 seconds..\n")
+    with pytest.raises(LabError, match="no SSH within 3 s .*Connection refused"):
+        Lab(tmp_path).wait_for_ssh(lab_host, deadline=3.0, console_seen=0, log=lambda _: None)
+
+
 def test_qemu_gone_ends_the_wait(tmp_path, lab_host):
     lab_host.spec.path("qemu.pid").unlink()  # QEMU removes its pidfile when it exits
     with pytest.raises(LabError, match="QEMU exited"):
