@@ -1,5 +1,5 @@
-"""Shared fixtures: fake host roots, a real sshd on loopback, SSH hosts pointed at it; and a
-failure's report printed as soon as the test fails."""
+"""Shared fixtures: fake host roots, a real sshd on loopback, SSH hosts pointed at it, the
+session's lab host; and a failure's report printed as soon as the test fails."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 import providers  # noqa: F401  (installs the SDK workaround before any resource is built)
 from providers.host import KeyFile, LocalHost, SshHost, close_all_connections
-from tests.lab.conftest import console_tails
+from tests.lab.conftest import booted_lab, console_tails
 from tests.support.hgx import hgx_a100
 from tests.support.sshd import Sshd
 
@@ -32,6 +32,18 @@ def pytest_runtest_logreport(report):
     consoles = console_tails() if "slow" in report.keywords else ""
     if consoles:  # a lab test: the hosts' consoles, while the hosts are still there
         reporter.write_line(consoles)
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory):
+    """One lab host shared by every test that can start from whatever state the host is in and
+    leaves it as it found it (each takes its own snapshot first and checks against it): booted
+    when first needed, torn down at the end of the session, one host boot where each module
+    had its own. In pytest's order: the dev stack (tests/integration/test_pulumi_cli.py), the
+    lab's own tests (tests/lab/test_lab_host.py), then test_tuning_pools_and_guests_lab.py,
+    its last user (it leaves intel_iommu=off in GRUB's defaults)."""
+    with booted_lab(tmp_path_factory) as lab:
+        yield lab
 
 
 @pytest.fixture(scope="session")

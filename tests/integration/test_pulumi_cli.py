@@ -3,21 +3,21 @@ through the Automation API: what the engine decides (create, same, update, repla
 their order), what it keeps in state, and what it refuses. Never skipped: without the CLI these
 tests fail and say to run scripts/setup.
 
-The lab test runs the dev stack's config on a lab host (preview, up, up again), then a VF count
-change that replaces the node's pools while their guests exist, refresh, destroy. The node runs
-two VMs, one per socket (its GPU stand-in, a VF of its socket's NIC, its socket's CPU), created
-in the same `up`. At each step the host is checked for what exists (the tuned command line and
-boot unit, the two VF pools, the defined guests with their devices and vCPU pins), and at the
-end it is exactly as it was before, and the state on disk holds no line of the SSH key. TCG
-hosts share CI's 2 cores, so the guests are defined but not started (`start: false`) and use no
-huge pages: booting a nested guest is proven by the lab's HostTuning, SriovPool and GpuVm test.
-Host tuning still needs a reboot (vfio-pci on the command line), and its removal another. (It
-grew to 2 nodes and back to 1, and an earlier version from 2 to 3, to show nodes joining and
-leaving: two reboots and a host boot more, about 11 of CI's 90 minutes. Which resources a
-node adds or removes, with which dependencies and options, is what test_program.py checks of
-the program, and what the engine then does with them is test_engine_rules.py's.) The node's
-resources are spread over two provider processes (providerShards: 2), as a large cluster's
-would be.
+The lab test runs the dev stack's config on the session's lab host (tests/conftest.py), which it
+leaves as it found it: preview, up, up again, then a VF count change that replaces the node's
+pools while their guests exist, refresh, destroy. The node runs two VMs, one per socket (its GPU
+stand-in, a VF of its socket's NIC, its socket's CPU), created in the same `up`. At each step
+the host is checked for what exists (the tuned command line and boot unit, the two VF pools, the
+defined guests with their devices and vCPU pins), and at the end it is exactly as it was before,
+and the state on disk holds no line of the SSH key. TCG hosts share CI's 2 cores, so the guests
+are defined but not started (`start: false`) and use no huge pages: booting a nested guest is
+proven by the lab's HostTuning, SriovPool and GpuVm test. Host tuning still needs a reboot
+(vfio-pci on the command line), and its removal another. (It grew to 2 nodes and back to 1, and
+an earlier version from 2 to 3, to show nodes joining and leaving: two reboots and a host boot
+more, about 11 of CI's 90 minutes. Which resources a node adds or removes, with which
+dependencies and options, is what test_program.py checks of the program, and what the engine
+then does with them is test_engine_rules.py's.) The node's resources are spread over two
+provider processes (providerShards: 2), as a large cluster's would be.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import pytest
 import yaml
 from pulumi import automation as auto
 
-from tests.lab.conftest import booted_lab, host_snapshot
+from tests.lab.conftest import host_snapshot
 from tests.support.cli import CliStack, config_strings
 from tests.support.provider_harness import PROJECT_ROOT
 from tests.support.sshd import free_port, keygen
@@ -223,12 +223,6 @@ for name in $(virsh -q list --all --name); do
 done
 echo "boot $(cat /proc/sys/kernel/random/boot_id)"
 '''
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    with booted_lab(tmp_path_factory) as lab:
-        yield lab
 
 
 def dev_stack_config(lab, nodes: int, vfs: int = 1) -> dict[str, str]:

@@ -1,16 +1,11 @@
-"""Lab tests boot emulated hosts. The `lab` fixture is one host shared by every module that
-can start from whatever state the host is in (each takes its own snapshot before it starts and
-checks against it), booted when first needed and torn down at the end of the session; modules
-that need a host prepared their way, or several hosts, boot their own with `booted_lab`. The
-shared host's last user is test_tuning_pools_and_guests_lab.py (it leaves intel_iommu=off in
-GRUB's defaults), which pytest's order by file name keeps after test_lab_host.py."""
+"""Lab tests boot emulated hosts: `booted_lab` boots a lab and always tears it down, and
+`host_snapshot` is what a test compares to prove a host was left as found. The `lab` fixture
+(tests/conftest.py) is one host shared by the whole session."""
 
 from __future__ import annotations
 
 import shutil
 from contextlib import contextmanager
-
-import pytest
 
 from lab.hosts import Lab
 
@@ -82,9 +77,3 @@ def booted_lab(tmp_path_factory, hosts: int = 1):
             if console.exists():
                 shutil.copyfile(console, lab.directory / f"{host.name}-console.log")
         lab.down()
-
-
-@pytest.fixture(scope="session")
-def lab(tmp_path_factory):
-    with booted_lab(tmp_path_factory) as lab:
-        yield lab
