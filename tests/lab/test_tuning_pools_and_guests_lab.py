@@ -22,9 +22,10 @@ guest boot, each phase checked as it ends.
    reads both in sync; a guest wanting a held GPU and one wanting a CPU both hold fail clearly,
    leaving nothing behind; a pool change while the first guest holds a VF is refused with the
    guest named and nothing changed.
-5. The reboot guard: HostTuning changes the command line (a reboot): refused, with nothing
-   changed, while a guest vela did not make runs; without it, vela's running guest is stopped
-   by vela before the reboot and started after it; the guest that was not running stays off.
+5. The reboot guard: HostTuning gives node 1's 1 GiB page back, a change of the command line and
+   so a reboot: refused, with nothing changed, while a guest vela did not make runs; without it,
+   vela's running guest is stopped by vela before the reboot and started after it; the guest
+   that was not running stays off.
 6. The boot that followed: both boot units ran, HostTuning's before the pool's, no vela unit
    failed and systemd broke no ordering cycle, `systemd-analyze verify` accepts both unit
    files; the VFs are back with the same MACs; the resources read in sync; the pool applied
@@ -226,8 +227,9 @@ def test_iommu_off_tuning_pool_guests_reboot_guard_and_delete(lab, mstconfig_sta
 
         # -- the reboot guard: a foreign guest refuses the reboot; vela's is stopped and
         # started again ---------------------------------------------------------------------
+        # Node 1's page given back: its count on the command line changes, so a reboot.
         changed, failures = server.check("lab-0", {}, _tuning_inputs(
-            lab_host, blacklistNouveau=False))  # off the command line: a reboot
+            lab_host, hugepages={"perNode": {"0": 1, "1": 0}}))
         assert failures == []
         tuned = _reboot_with_guests(server, host, tuning_id, again, changed)
         times["reboot guard and reboot"] = time.monotonic()
@@ -407,7 +409,7 @@ def _reboot_with_guests(server, host, tuning_id: str, outs: dict, inputs: dict) 
     boot = host.run(["cat", "/proc/sys/kernel/random/boot_id"]).text
     tuned = server.update("lab-0", tuning_id, outs, inputs)
     assert tuned["reboots"] >= 1 and tuned["inSync"], tuned["drift"]
-    assert "modprobe.blacklist=nouveau" not in _cmdline(host)
+    assert "hugepages=0:1,1:0" in _cmdline(host)
     assert host.run(["cat", "/proc/sys/kernel/random/boot_id"]).text != boot
     assert host.run(["virsh", "domstate", GUESTS[1]]).text.split() == ["shut", "off"]
     assert host.run(["virsh", "domstate", GUESTS[0]]).text.split()[0] == "running"
