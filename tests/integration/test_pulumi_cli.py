@@ -225,14 +225,14 @@ echo "boot $(cat /proc/sys/kernel/random/boot_id)"
 '''
 
 
-def dev_stack_config(lab, nodes: int, vfs: int = 1) -> dict[str, str]:
-    """Pulumi.dev.yaml, pointed at the first `nodes` lab hosts, as `pulumi config set` would."""
+def dev_stack_config(lab, vfs: int = 1) -> dict[str, str]:
+    """Pulumi.dev.yaml, pointed at the lab's host, as `pulumi config set` would."""
     document = yaml.safe_load((PROJECT_ROOT / "Pulumi.dev.yaml").read_text())["config"]
     for key in ("vela:labHosts", "vela:inventoryFile"):
         document.pop(key)
     document["vela:nodes"] = [
         {"name": host.name, "address": "127.0.0.1", "port": host.spec.ssh_port, "user": "root",
-         "hostKey": host.host_key} for host in lab.hosts()[:nodes]]
+         "hostKey": host.host_key} for host in lab.hosts()]
     document["vela:shape"].pop("hugepages")
     document["vela:shape"]["vfsPerPort"] = vfs
     document["vela:gpuVm"].update({"start": False, "hugepages": False})
@@ -295,7 +295,7 @@ def test_the_dev_stack_on_the_lab(lab, tmp_path):
     node = lab.host(0).name
     key = lab.key_path.read_text()
     stack = CliStack(tmp_path, "dev")
-    stack.configure(dev_stack_config(lab, 1), secret_keys=("vela:sshPrivateKey",))
+    stack.configure(dev_stack_config(lab), secret_keys=("vela:sshPrivateKey",))
 
     # -- preview, up, then up again ----------------------------------------------------------
     preview = stack.preview()
@@ -317,7 +317,7 @@ def test_the_dev_stack_on_the_lab(lab, tmp_path):
     # -- 2 VFs per port: the kernel cannot change a live VF count, so the pool is replaced;
     # its guest holds a VF, so the engine replaces the guest around it (delete-before-replace
     # replaces dependents first), and the host is untouched -------------------------------
-    stack.configure(dev_stack_config(lab, 1, vfs=2), secret_keys=("vela:sshPrivateKey",))
+    stack.configure(dev_stack_config(lab, vfs=2), secret_keys=("vela:sshPrivateKey",))
     tuning, *replaced = resources(node)
     pools, vms = replaced[:len(POOLS)], replaced[len(POOLS):]
     preview = stack.preview()
